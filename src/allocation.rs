@@ -1,0 +1,183 @@
+//! Answers to Allocate, PreStartContainer and GetPreferredAllocation, computed from a registry snapshot.
+//! No I/O and no locks: everything the answers need was prepared by the scan.
+
+use crate::api;
+use crate::registry::Snapshot;
+use std::collections::{BTreeMap, HashSet};
+
+/// The environment variable that tells a container which units it was given.
+pub const ENV_UNITS: &str = "ACCELERATOR_UNITS";
+
+/// A request the kubelet should not have sent; it becomes an INVALID_ARGUMENT status.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidRequest(pub String);
+
+impl std::fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Quotes an ID from a request for an error message, bounded so that a hostile ID cannot bloat the reply.
+fn quoted(id: &str) -> String {
+    const MAX: usize = 80;
+    if id.len() <= MAX {
+        format!("{id:?}")
+    } else {
+        let mut end = MAX;
+        while !id.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{:?}… ({} bytes)", &id[..end], id.len())
+    }
+}
+
+/// Every ID must be known, healthy, and requested once across the whole request.
+pub fn validate<'a>(snapshot: &Snapshot, ids: impl IntoIterator<Item = &'a String>) -> Result<(), InvalidRequest> {
+    let mut seen = HashSet::new();
+    for id in ids {
+        match snapshot.get(id) {
+            None => return Err(InvalidRequest(format!("unknown device ID {}", quoted(id)))),
+            Some(d) if !d.health.is_healthy() => {
+                return Err(InvalidRequest(format!("device {} is Unhealthy", quoted(id))))
+            }
+            Some(_) => {}
+        }
+        if !seen.insert(id.as_str()) {
+            return Err(InvalidRequest(format!("device {} is requested more than once", quoted(id))));
+        }
+    }
+    Ok(())
+}
+
+/// One response per container, in request order: `ACCELERATOR_UNITS` and the containers' device nodes.
+pub fn allocate(snapshot: &Snapshot, req: &api::AllocateRequest) -> Result<api::AllocateResponse, InvalidRequest> {
+    validate(snapshot, req.container_requests.iter().flat_map(|c| c.devices_ids.iter()))?;
+    let mut resp = api::AllocateResponse::new();
+    for container in &req.container_requests {
+        let mut c = api::ContainerAllocateResponse::new();
+        c.envs.insert(ENV_UNITS.to_string(), container.devices_ids.join(","));
+        for id in &container.devices_ids {
+            if let Some(node) = snapshot.get(id).and_then(|d| d.node.as_ref()) {
+                let mut spec = api::DeviceSpec::new();
+                spec.container_path = node.container_path.clone();
+                spec.host_path = node.host_path.clone();
+                spec.permissions = "rw".to_string();
+                c.devices.push(spec);
+            }
+        }
+        resp.container_responses.push(c);
+    }
+    Ok(resp)
+}
+
+/// Per container: exactly `allocation_size` IDs (fewer only if fewer are available), `must_include` first,
+/// then the best of `available`: devices on the NUMA nodes of `must_include`, else on the NUMA node with
+/// the most available devices, then the other nodes by the same rule, then devices without a NUMA node.
+/// Ties are broken by ID (shorter first, so `2` comes before `10`), which makes the answer deterministic
+/// whatever order the kubelet lists the IDs in. IDs unknown to the registry are treated as having no NUMA
+/// node rather than rejected: a preference is only advice, and failing it would fail the pod.
+pub fn preferred(
+    snapshot: &Snapshot,
+    req: &api::PreferredAllocationRequest,
+) -> Result<api::PreferredAllocationResponse, InvalidRequest> {
+    let mut resp = api::PreferredAllocationResponse::new();
+    for container in &req.container_requests {
+        let size = usize::try_from(container.allocation_size)
+            .map_err(|_| InvalidRequest(format!("allocation_size {} is negative", container.allocation_size)))?;
+        let numa = |id: &str| snapshot.get(id).and_then(|d| d.numa_node);
+
+        let mut chosen: Vec<String> = Vec::new();
+        let mut taken: HashSet<&str> = HashSet::new();
+        for id in &container.must_include_deviceIDs {
+            if chosen.len() < size && taken.insert(id) {
+                chosen.push(id.clone());
+            }
+        }
+        let wanted_nodes: HashSet<i64> = chosen.iter().filter_map(|id| numa(id)).collect();
+
+        let mut candidates: Vec<&str> = Vec::new();
+        for id in &container.available_deviceIDs {
+            if taken.insert(id) {
+                candidates.push(id);
+            }
+        }
+        let mut per_node: BTreeMap<i64, usize> = BTreeMap::new();
+        for id in &candidates {
+            if let Some(n) = numa(id) {
+                *per_node.entry(n).or_default() += 1;
+            }
+        }
+        // Rank of a node: wanted nodes first, then by available count (more first), then by node number.
+        let rank = |node: Option<i64>| -> (u8, usize, i64) {
+            match node {
+                Some(n) if wanted_nodes.contains(&n) => (0, usize::MAX - per_node[&n], n),
+                Some(n) => (1, usize::MAX - per_node[&n], n),
+                None => (2, 0, 0),
+            }
+        };
+        candidates.sort_by_key(|id| (rank(numa(id)), id.len(), *id));
+        let missing = size.saturating_sub(chosen.len());
+        chosen.extend(candidates.into_iter().take(missing).map(str::to_owned));
+
+        let mut c = api::ContainerPreferredAllocationResponse::new();
+        c.deviceIDs = chosen;
+        resp.container_responses.push(c);
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{Device, Health};
+    use crate::registry::Registry;
+
+    fn snapshot(devs: &[(&str, Option<i64>)]) -> std::sync::Arc<Snapshot> {
+        let mut r = Registry::default();
+        r.update(
+            devs.iter()
+                .map(|(id, n)| Device { id: id.to_string(), health: Health::Healthy, numa_node: *n, node: None })
+                .collect(),
+        );
+        r.snapshot()
+    }
+
+    fn ask(s: &Snapshot, avail: &[&str], must: &[&str], size: i32) -> Vec<String> {
+        let mut c = api::ContainerPreferredAllocationRequest::new();
+        c.available_deviceIDs = avail.iter().map(|s| s.to_string()).collect();
+        c.must_include_deviceIDs = must.iter().map(|s| s.to_string()).collect();
+        c.allocation_size = size;
+        let mut req = api::PreferredAllocationRequest::new();
+        req.container_requests.push(c);
+        preferred(s, &req).unwrap().container_responses[0].deviceIDs.clone()
+    }
+
+    #[test]
+    fn preferred_follows_numa_of_must_include_then_biggest_node() {
+        let s = snapshot(&[
+            ("a0", Some(0)),
+            ("b0", Some(0)),
+            ("a1", Some(1)),
+            ("b1", Some(1)),
+            ("c1", Some(1)),
+            ("x", None),
+        ]);
+        let all = ["x", "c1", "b1", "a1", "b0", "a0"];
+        assert_eq!(ask(&s, &all, &["b0"], 2), ["b0", "a0"]);
+        assert_eq!(ask(&s, &all, &[], 2), ["a1", "b1"]);
+        assert_eq!(ask(&s, &all, &[], 5), ["a1", "b1", "c1", "a0", "b0"]);
+        assert_eq!(ask(&s, &all, &[], 9).len(), 6);
+        assert_eq!(ask(&s, &all, &["x"], 1), ["x"]);
+        // Input order does not matter.
+        let mut rev = all;
+        rev.reverse();
+        assert_eq!(ask(&s, &rev, &[], 3), ask(&s, &all, &[], 3));
+    }
+
+    #[test]
+    fn aws_style_ids_sort_numerically() {
+        let s = snapshot(&[("0", None), ("1", None), ("2", None), ("10", None)]);
+        assert_eq!(ask(&s, &["10", "2", "1", "0"], &["10"], 3), ["10", "0", "1"]);
+    }
+}

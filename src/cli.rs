@@ -1,0 +1,312 @@
+//! The command line. Every long flag is also accepted with a single dash (`-accel-nbunits 1`), as the
+//! original plugin's manifests use, and with `=` (`--accel-nbunits=1`).
+
+use crate::discovery::aws::MAX_UNITS;
+use log::LevelFilter;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+Usage: k8s-accelerator-devplugin [OPTIONS]
+
+Advertises FPGA accelerators to the kubelet (device plugin API v1beta1).
+
+Options:
+  --backend intel|aws          What to advertise [default: intel if <sysfs-root>/class/fpga or
+                               <sysfs-root>/class/fpga_region exists, else aws]
+  --accel-nbunits N            Number of AWS units, 1..=100000 [default: 40]
+  --resource-name NAME         Extended resource name [default: b-com.com/accelerator]
+  --device-plugin-path DIR     The kubelet's device-plugins directory [default: /var/lib/kubelet/device-plugins]
+  --sysfs-root DIR             Where the host's sysfs is mounted [default: /sys]
+  --dev-root DIR               Where the host's device nodes are [default: /dev]
+  --scan-interval DURATION     Rescan period, e.g. 200ms, 5s, 1m [default: 5s]
+  --log-level LEVEL            error|warn|info|debug|trace [default: info]
+  --log-file PATH              Also log to this file (- or absent: stderr only)
+  -h, --help                   Print this help
+  -V, --version                Print the version
+
+Every long option may also be written with one dash (-accel-nbunits 1) and with = (--accel-nbunits=1).
+";
+
+const LONG_FLAGS: [&str; 11] = [
+    "backend",
+    "accel-nbunits",
+    "resource-name",
+    "device-plugin-path",
+    "sysfs-root",
+    "dev-root",
+    "scan-interval",
+    "log-level",
+    "log-file",
+    "help",
+    "version",
+];
+
+/// `--backend`: explicit, or detected at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Intel,
+    Aws,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub backend: Option<BackendChoice>,
+    pub accel_nbunits: u32,
+    pub resource_name: String,
+    pub device_plugin_path: PathBuf,
+    pub sysfs_root: PathBuf,
+    pub dev_root: PathBuf,
+    pub scan_interval: Duration,
+    pub log_level: LevelFilter,
+    pub log_file: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            backend: None,
+            accel_nbunits: 40,
+            resource_name: "b-com.com/accelerator".into(),
+            device_plugin_path: "/var/lib/kubelet/device-plugins".into(),
+            sysfs_root: "/sys".into(),
+            dev_root: "/dev".into(),
+            scan_interval: Duration::from_secs(5),
+            log_level: LevelFilter::Info,
+            log_file: None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Options),
+    Help,
+    Version,
+}
+
+/// A command-line error, worded for a one-line message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+    use lexopt::prelude::*;
+    let mut opts = Options::default();
+    let mut parser = lexopt::Parser::from_args(args.into_iter().map(single_dash_to_double));
+    while let Some(arg) = parser.next().map_err(|e| UsageError(e.to_string()))? {
+        let flag = match &arg {
+            Long(name) => format!("--{name}"),
+            Short(c) => format!("-{c}"),
+            Value(v) => return Err(UsageError(format!("unexpected argument {:?}", v.to_string_lossy()))),
+        };
+        let value = |parser: &mut lexopt::Parser| -> Result<String, UsageError> {
+            let v = parser.value().map_err(|_| UsageError(format!("{flag} needs a value")))?;
+            v.into_string().map_err(|v| UsageError(format!("{flag}: {:?} is not valid UTF-8", v.to_string_lossy())))
+        };
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Long("backend") => {
+                opts.backend = Some(match value(&mut parser)?.as_str() {
+                    "intel" => BackendChoice::Intel,
+                    "aws" => BackendChoice::Aws,
+                    other => return Err(UsageError(format!("{flag}: {other:?} is not one of intel, aws"))),
+                })
+            }
+            Long("accel-nbunits") => {
+                let v = value(&mut parser)?;
+                opts.accel_nbunits = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_UNITS).contains(n))
+                    .ok_or_else(|| UsageError(format!("{flag}: {v:?} is not a number from 1 to {MAX_UNITS}")))?;
+            }
+            Long("resource-name") => {
+                let v = value(&mut parser)?;
+                validate_resource_name(&v).map_err(|why| UsageError(format!("{flag}: {v:?} {why}")))?;
+                opts.resource_name = v;
+            }
+            Long("device-plugin-path") => opts.device_plugin_path = path(value(&mut parser)?, &flag)?,
+            Long("sysfs-root") => opts.sysfs_root = path(value(&mut parser)?, &flag)?,
+            Long("dev-root") => opts.dev_root = path(value(&mut parser)?, &flag)?,
+            Long("scan-interval") => {
+                let v = value(&mut parser)?;
+                opts.scan_interval = parse_duration(&v).map_err(|why| UsageError(format!("{flag}: {v:?} {why}")))?;
+            }
+            Long("log-level") => {
+                let v = value(&mut parser)?;
+                opts.log_level = match v.as_str() {
+                    "error" => LevelFilter::Error,
+                    "warn" => LevelFilter::Warn,
+                    "info" => LevelFilter::Info,
+                    "debug" => LevelFilter::Debug,
+                    "trace" => LevelFilter::Trace,
+                    _ => {
+                        return Err(UsageError(format!("{flag}: {v:?} is not one of error, warn, info, debug, trace")))
+                    }
+                }
+            }
+            Long("log-file") => {
+                let v = value(&mut parser)?;
+                opts.log_file = if v == "-" { None } else { Some(path(v, &flag)?) };
+            }
+            _ => return Err(UsageError(format!("unknown option {flag}"))),
+        }
+    }
+    Ok(Command::Run(opts))
+}
+
+/// `-accel-nbunits` → `--accel-nbunits` (also with `=value`); anything else is left as it is.
+fn single_dash_to_double(arg: OsString) -> OsString {
+    if let Some(s) = arg.to_str() {
+        if let Some(rest) = s.strip_prefix('-').filter(|r| !r.starts_with('-')) {
+            let name = rest.split_once('=').map_or(rest, |(n, _)| n);
+            if LONG_FLAGS.contains(&name) {
+                return format!("-{s}").into();
+            }
+        }
+    }
+    arg
+}
+
+fn path(v: String, flag: &str) -> Result<PathBuf, UsageError> {
+    if v.is_empty() {
+        return Err(UsageError(format!("{flag}: the path is empty")));
+    }
+    Ok(PathBuf::from(v))
+}
+
+/// `200ms`, `5s`, `1m`, `1h`: a whole number and a unit, from 10 ms to 24 h.
+pub fn parse_duration(s: &str) -> Result<Duration, &'static str> {
+    const WHY: &str = "is not a duration like 200ms, 5s or 1m";
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or(WHY)?;
+    let (number, unit) = s.split_at(split);
+    if number.is_empty() || number.len() > 9 {
+        return Err(WHY);
+    }
+    let n: u64 = number.parse().map_err(|_| WHY)?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(WHY),
+    };
+    if d < Duration::from_millis(10) || d > Duration::from_secs(24 * 3600) {
+        return Err("is out of range (10ms to 24h)");
+    }
+    Ok(d)
+}
+
+/// The kubelet accepts an extended resource name `domain/name` outside `kubernetes.io`, such that
+/// `requests.domain/name` is a qualified name: the domain a DNS subdomain, the name at most 63 characters
+/// of `[A-Za-z0-9_.-]` that start and end with an alphanumeric.
+pub fn validate_resource_name(s: &str) -> Result<(), &'static str> {
+    let (domain, name) = s.split_once('/').ok_or("must be domain/name, e.g. b-com.com/accelerator")?;
+    if s.contains("kubernetes.io/") || s.starts_with("requests.") {
+        return Err("is in a namespace reserved by Kubernetes");
+    }
+    let alnum = |c: u8| c.is_ascii_alphanumeric();
+    let ends_ok = |t: &str| t.bytes().next().is_some_and(alnum) && t.bytes().last().is_some_and(alnum);
+    let prefixed = format!("requests.{domain}");
+    let domain_ok = prefixed.len() <= 253
+        && prefixed.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && ends_ok(label)
+        });
+    if !domain_ok {
+        return Err("has a domain that is not a lowercase DNS subdomain");
+    }
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
+        && ends_ok(name);
+    if !name_ok {
+        return Err(
+            "has a name that is not 1-63 characters of [A-Za-z0-9_.-] starting and ending with a letter or digit",
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, UsageError> {
+        match parse(args.iter().map(OsString::from))? {
+            Command::Run(o) => Ok(o),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn single_and_double_dash_and_equals() {
+        let o = run(&["-accel-nbunits", "1", "--log-level=debug", "-scan-interval=200ms", "--backend", "aws"]).unwrap();
+        assert_eq!(o.accel_nbunits, 1);
+        assert_eq!(o.log_level, LevelFilter::Debug);
+        assert_eq!(o.scan_interval, Duration::from_millis(200));
+        assert_eq!(o.backend, Some(BackendChoice::Aws));
+        assert_eq!(run(&[]).unwrap(), Options::default());
+        assert_eq!(parse(["-help".into()]), Ok(Command::Help));
+        assert_eq!(run(&["--log-file", "-"]).unwrap().log_file, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (args, needle) in [
+            (&["--accel-nbunits", "0"][..], "--accel-nbunits"),
+            (&["--accel-nbunits", "100001"], "--accel-nbunits"),
+            (&["-accel-nbunits", "x"], "--accel-nbunits"),
+            (&["--backend", "nvidia"], "--backend"),
+            (&["--scan-interval", "5"], "--scan-interval"),
+            (&["--scan-interval", "1ms"], "--scan-interval"),
+            (&["--log-level", "loud"], "--log-level"),
+            (&["--resource-name", "accelerator"], "--resource-name"),
+            (&["--frobnicate"], "--frobnicate"),
+            (&["--dev-root"], "--dev-root"),
+            (&["stray"], "stray"),
+        ] {
+            let e = run(args).unwrap_err();
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        for bad in ["", "s", "5", "5 s", "-5s", "5.5s", "25h", "9999999999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resource_names_like_the_kubelet() {
+        for ok in ["b-com.com/accelerator", "intel.com/fpga-arria10", "example.com/Acc_1.x"] {
+            assert_eq!(validate_resource_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "accelerator",
+            "kubernetes.io/fpga",
+            "requests.example.com/x",
+            "Example.com/x",
+            "example.com/",
+            "example.com/-x",
+            "example..com/x",
+            "example.com/a/b",
+        ] {
+            assert!(validate_resource_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The daemon: wires discovery, the registry, the registration thread and the event loop together.
+//!
+//! Threads: this one (the event loop: filesystem events, signals, periodic rescans), the registration thread
+//! (`lifecycle`), one per ListAndWatch stream, and grpcio's (one completion queue plus gRPC core's pool).
+
+use crate::control::Control;
+use crate::discovery::{self, Backend, Roots};
+use crate::lifecycle::{self, Event};
+use crate::registry::{self, Registry, SharedRegistry};
+use crate::watch::{self, Inotify};
+use crate::{api, kubelet};
+use crossbeam_channel::Sender;
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything the daemon needs to know; `cli` builds it from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub backend: Backend,
+    pub resource_name: String,
+    pub device_plugin_path: PathBuf,
+    pub roots: Roots,
+    pub scan_interval: Duration,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// Another process serves our socket: two instances would steal each other's registration.
+    AlreadyRunning(PathBuf),
+    Setup(&'static str, std::io::Error),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::AlreadyRunning(p) => write!(f, "another plugin instance is serving {}", p.display()),
+            Error::Setup(what, e) => write!(f, "cannot {what}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Runs until `control` asks to stop; then stops serving, removes our socket and returns.
+pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
+    let socket = settings.device_plugin_path.join(kubelet::socket_name(&settings.resource_name));
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(Error::AlreadyRunning(socket));
+    }
+    lifecycle::remove_stale_sockets(&settings.device_plugin_path);
+
+    let registry = Registry::shared();
+    let mut scanner = Scanner {
+        backend: settings.backend,
+        roots: settings.roots.clone(),
+        registry: Arc::clone(&registry),
+        reported: HashSet::new(),
+    };
+    scanner.scan();
+
+    // One completion queue is plenty for a handful of calls per pod start; each extra one is a thread.
+    let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("grpc").build());
+    let (events, lifecycle) = lifecycle::spawn(
+        env,
+        lifecycle::Settings { dir: settings.device_plugin_path.clone(), resource_name: settings.resource_name.clone() },
+        Arc::clone(&registry),
+    )
+    .map_err(|e| Error::Setup("start the registration thread", e))?;
+
+    let inotify = Inotify::new().map_err(|e| Error::Setup("create an inotify instance", e))?;
+    let mut watches = Watches::default();
+    let result = event_loop(&settings, &control, &inotify, &mut watches, &mut scanner, &events);
+
+    let _ = events.send(Event::Shutdown);
+    let _ = lifecycle.join();
+    result
+}
+
+/// Watch descriptors of the two directories we follow; `None` while a directory cannot be watched (yet).
+#[derive(Default)]
+struct Watches {
+    plugins: Option<i32>,
+    dev: Option<i32>,
+}
+
+impl Watches {
+    /// Adds the missing watches. Called at start and on every tick, so a directory that appears later (or
+    /// was recreated) is picked up.
+    fn ensure(&mut self, inotify: &Inotify, settings: &Settings) {
+        let mut want = vec![(&mut self.plugins, &settings.device_plugin_path)];
+        if settings.backend.is_dynamic() {
+            want.push((&mut self.dev, &settings.roots.dev));
+        }
+        for (slot, dir) in want {
+            if slot.is_none() {
+                match inotify.add(dir, watch::DIR_CHANGES) {
+                    Ok(wd) => {
+                        log::debug!("watching {}", dir.display());
+                        *slot = Some(wd);
+                    }
+                    Err(e) => {
+                        log::warn!("cannot watch {}: {e}; checking it every scan interval instead", dir.display())
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn event_loop(
+    settings: &Settings,
+    control: &Control,
+    inotify: &Inotify,
+    watches: &mut Watches,
+    scanner: &mut Scanner,
+    events: &Sender<Event>,
+) -> Result<(), Error> {
+    let own_socket = kubelet::socket_name(&settings.resource_name);
+    watches.ensure(inotify, settings);
+    let mut next_tick = Instant::now() + settings.scan_interval;
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let mut fds = [
+            libc::pollfd { fd: control.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: inotify.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        let ms = i32::try_from(timeout.as_millis() + 1).unwrap_or(i32::MAX);
+        // SAFETY: fds is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Setup("wait for events", e));
+            }
+        }
+
+        let requests = control.take();
+        if requests.stop {
+            log::info!("stopping");
+            return Ok(());
+        }
+        let mut rescan = false;
+        if requests.rescan {
+            log::info!("SIGHUP: rescanning and registering again");
+            rescan = true;
+            let _ = events.send(Event::Reregister);
+        }
+
+        for event in inotify.read() {
+            if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
+                // The watched directory is gone; watch it again when it is back.
+                if watches.plugins == Some(event.wd) {
+                    log::warn!("{} went away", settings.device_plugin_path.display());
+                    watches.plugins = None;
+                } else if watches.dev == Some(event.wd) {
+                    log::warn!("{} went away", settings.roots.dev.display());
+                    watches.dev = None;
+                }
+                continue;
+            }
+            let appeared = event.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0;
+            let vanished = event.mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0;
+            if Some(event.wd) == watches.plugins {
+                if appeared && event.name == api::KUBELET_SOCKET {
+                    let _ = events.send(Event::KubeletSocketCreated);
+                } else if vanished && event.name == own_socket {
+                    let _ = events.send(Event::OwnSocketDeleted);
+                }
+            } else if Some(event.wd) == watches.dev && discovery::is_device_node_name(&event.name) {
+                log::debug!("{}/{} changed", settings.roots.dev.display(), event.name);
+                rescan = true;
+            }
+        }
+
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + settings.scan_interval;
+            watches.ensure(inotify, settings);
+            let _ = events.send(Event::Tick);
+            rescan |= settings.backend.is_dynamic();
+        }
+        if rescan {
+            scanner.scan();
+        }
+    }
+}
+
+/// Runs discovery and publishes the result, logging what changed and each new problem once.
+struct Scanner {
+    backend: Backend,
+    roots: Roots,
+    registry: SharedRegistry,
+    /// Problems already logged; one that goes away and comes back is logged again.
+    reported: HashSet<String>,
+}
+
+impl Scanner {
+    fn scan(&mut self) {
+        let scan = discovery::scan(self.backend, &self.roots);
+        let problems: HashSet<String> = scan.problems.into_iter().collect();
+        for p in problems.difference(&self.reported) {
+            log::warn!("{p}");
+        }
+        self.reported = problems;
+        let count = scan.devices.len();
+        let changes = registry::write(&self.registry).update(scan.devices);
+        if changes.is_empty() {
+            return;
+        }
+        // A long list (the aws backend) is summarised rather than logged device by device.
+        if changes.added.len() > 16 {
+            log::info!("{} devices appeared", changes.added.len());
+        } else {
+            for d in &changes.added {
+                let numa = d.numa_node.map(|n| format!(", NUMA node {n}")).unwrap_or_default();
+                match &d.health {
+                    crate::device::Health::Unhealthy(why) => {
+                        log::warn!("device {} appeared, Unhealthy: {why}{numa}", d.id)
+                    }
+                    _ => log::info!("device {} appeared, Healthy{numa}", d.id),
+                }
+            }
+        }
+        for id in &changes.removed {
+            log::info!("device {id} vanished");
+        }
+        for d in &changes.health {
+            match &d.health {
+                crate::device::Health::Unhealthy(why) => log::warn!("device {} is now Unhealthy: {why}", d.id),
+                _ => log::info!("device {} is Healthy again", d.id),
+            }
+        }
+        log::info!("advertising {count} devices");
+    }
+}

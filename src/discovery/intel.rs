@@ -1,0 +1,225 @@
+//! Intel FPGA AFU ports, from both driver layouts:
+//!
+//! - OPAE out-of-tree driver: `<sys>/class/fpga/intel-fpga-dev.N/intel-fpga-port.K`, node `<dev>/intel-fpga-port.K`;
+//! - upstream Linux DFL: `<sys>/class/fpga_region/regionR/dfl-port.K`, node `<dev>/dfl-port.K`.
+//!
+//! N, R and K come from separate counters, so ports are only ever matched to their node by their own name,
+//! and to their PCI function by walking up their real path in `/sys/devices`.
+
+use super::sysfs::{self, PciAddress};
+use super::Scan;
+use crate::device::{DevNode, Device, Health, MAX_ID_LEN};
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// One driver layout: where its class entries are and how its ports and FMEs are named.
+struct Layout {
+    class_dir: &'static str,
+    entry_prefix: &'static str,
+    port_prefix: &'static str,
+    fme_prefix: &'static str,
+}
+
+const OPAE: Layout = Layout {
+    class_dir: "class/fpga",
+    entry_prefix: "intel-fpga-dev.",
+    port_prefix: "intel-fpga-port.",
+    fme_prefix: "intel-fpga-fme.",
+};
+const DFL: Layout =
+    Layout { class_dir: "class/fpga_region", entry_prefix: "region", port_prefix: "dfl-port.", fme_prefix: "dfl-fme." };
+
+/// Whether `sys` looks like a node with an Intel FPGA driver loaded.
+pub fn present(sys: &Path) -> bool {
+    [OPAE.class_dir, DFL.class_dir].iter().any(|d| sys.join(d).is_dir())
+}
+
+/// A port as found in sysfs, before its ID is decided.
+struct Port {
+    /// Real path of the port's sysfs directory.
+    dir: PathBuf,
+    /// `intel-fpga-port.K` / `dfl-port.K`: also the name of its device node.
+    name: String,
+    function_dir: PathBuf,
+}
+
+/// All ports of one PCI function.
+#[derive(Default)]
+struct Function {
+    ports: Vec<Port>,
+    /// `ports_num` of the function's FME, if it has one (a VF has none).
+    fme_ports: Option<u32>,
+}
+
+pub fn scan(sys: &Path, dev: &Path) -> Scan {
+    let mut scan = Scan::default();
+    let mut functions: BTreeMap<PciAddress, Function> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for layout in [&OPAE, &DFL] {
+        collect(sys, layout, &mut functions, &mut seen, &mut scan.problems);
+    }
+    for (address, function) in functions {
+        let multi = function.ports.len() > 1 || function.fme_ports.is_some_and(|n| n > 1);
+        let mut ids = HashSet::new();
+        for port in function.ports {
+            let id = if multi {
+                match read_port_id(&port.dir) {
+                    Some(n) => format!("{address}-{n}"),
+                    None => {
+                        scan.problems.push(format!(
+                            "skipping {}: its function {address} hosts several ports and its `id` is unreadable",
+                            port.dir.display()
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                address.to_string()
+            };
+            if id.len() > MAX_ID_LEN {
+                scan.problems.push(format!("skipping {}: ID {id:?} is longer than {MAX_ID_LEN}", port.dir.display()));
+                continue;
+            }
+            if !ids.insert(id.clone()) {
+                scan.problems.push(format!("skipping {}: another port already has ID {id}", port.dir.display()));
+                continue;
+            }
+            let host_path = dev.join(&port.name);
+            let device = Device {
+                health: port_health(&port.dir, &host_path),
+                numa_node: numa_node(&port.function_dir, &mut scan.problems),
+                node: Some(DevNode {
+                    host_path: host_path.to_string_lossy().into_owned(),
+                    container_path: format!("/dev/{}", port.name),
+                }),
+                id,
+            };
+            scan.devices.push(device);
+        }
+    }
+    scan
+}
+
+/// Finds every port of one layout and files it under its PCI function.
+fn collect(
+    sys: &Path,
+    layout: &Layout,
+    functions: &mut BTreeMap<PciAddress, Function>,
+    seen: &mut HashSet<PathBuf>,
+    problems: &mut Vec<String>,
+) {
+    let class_dir = sys.join(layout.class_dir);
+    for entry in entries_with_prefix(&class_dir, layout.entry_prefix, problems) {
+        let real = match std::fs::canonicalize(&entry) {
+            Ok(real) => real,
+            Err(e) => {
+                problems.push(format!("skipping {}: cannot resolve it: {e}", entry.display()));
+                continue;
+            }
+        };
+        let mut ports = Vec::new();
+        let mut fme_ports = None;
+        for child in entries_with_prefix(&real, "", problems) {
+            let Some(name) = child.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if let Some(suffix) = name.strip_prefix(layout.port_prefix) {
+                if sysfs::parse_small_uint(suffix).is_none() {
+                    problems.push(format!("skipping {}: unexpected port name", child.display()));
+                    continue;
+                }
+                if seen.insert(child.clone()) {
+                    ports.push(child);
+                }
+            } else if name.starts_with(layout.fme_prefix) {
+                fme_ports = sysfs::read_attr(&child.join("ports_num"))
+                    .ok()
+                    .and_then(|s| sysfs::parse_small_uint(&s))
+                    .or(fme_ports);
+            }
+        }
+        if ports.is_empty() {
+            continue; // an FME's own PR region, or a PF whose ports were all released to VFs
+        }
+        let Some((address, function_dir)) = sysfs::pci_function_of(&real) else {
+            problems.push(format!("skipping {}: no PCI function above {}", entry.display(), real.display()));
+            continue;
+        };
+        let function = functions.entry(address).or_default();
+        function.fme_ports = fme_ports.or(function.fme_ports);
+        for dir in ports {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            function.ports.push(Port { dir, name, function_dir: function_dir.to_path_buf() });
+        }
+    }
+}
+
+/// The entries of `dir` whose names start with `prefix`, sorted. A missing directory is simply empty.
+fn entries_with_prefix(dir: &Path, prefix: &str, problems: &mut Vec<String>) -> Vec<PathBuf> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(read) => read,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            problems.push(format!("cannot list {}: {e}", dir.display()));
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<PathBuf> = read
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(prefix)))
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+fn read_port_id(port_dir: &Path) -> Option<u32> {
+    sysfs::read_attr(&port_dir.join("id")).ok().and_then(|s| sysfs::parse_small_uint(&s))
+}
+
+fn numa_node(function_dir: &Path, problems: &mut Vec<String>) -> Option<i64> {
+    let path = function_dir.join("numa_node");
+    let text = sysfs::read_attr(&path).ok()?;
+    sysfs::parse_numa_node(&text).unwrap_or_else(|()| {
+        problems.push(format!("ignoring {}: not a NUMA node: {:?}", path.display(), text.trim()));
+        None
+    })
+}
+
+/// A port is unhealthy when its device node is missing, when an error is latched in `errors/errors`, or
+/// when no AFU is loaded (`afu_id` all `f`). A transient read error leaves the health unknown.
+fn port_health(port_dir: &Path, node: &Path) -> Health {
+    if std::fs::symlink_metadata(node).is_err() {
+        return Health::Unhealthy(format!("device node {} is missing", node.display()));
+    }
+    let mut unknown = None;
+    let errors = port_dir.join("errors/errors");
+    match sysfs::read_attr(&errors) {
+        Ok(text) => match sysfs::parse_error_bits(&text) {
+            Some(0) => {}
+            Some(bits) => return Health::Unhealthy(format!("{} reports errors {bits:#x}", errors.display())),
+            None => {
+                return Health::Unhealthy(format!("{} holds {:?}, not an error mask", errors.display(), text.trim()))
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {} // no error reporting feature on this port
+        Err(e) if sysfs::is_transient(&e) => unknown = Some(format!("reading {}: {e}", errors.display())),
+        Err(e) => return Health::Unhealthy(format!("cannot read {}: {e}", errors.display())),
+    }
+    let afu = port_dir.join("afu_id");
+    match sysfs::read_attr(&afu) {
+        Ok(text) => match sysfs::afu_id_is_blank(&text) {
+            Some(true) => return Health::Unhealthy(format!("{} is all f: no AFU is loaded", afu.display())),
+            Some(false) => {}
+            None => return Health::Unhealthy(format!("{} holds {:?}, not an AFU ID", afu.display(), text.trim())),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if sysfs::is_transient(&e) => unknown = Some(format!("reading {}: {e}", afu.display())),
+        Err(e) => return Health::Unhealthy(format!("cannot read {}: {e}", afu.display())),
+    }
+    match unknown {
+        Some(why) => Health::Unknown(why),
+        None => Health::Healthy,
+    }
+}

@@ -1,0 +1,154 @@
+//! Parsers for the sysfs attribute formats the Intel FPGA drivers expose. Every input here comes from the
+//! kernel or from whatever is mounted at the sysfs root, so nothing is trusted: each parser returns `None`
+//! on anything unexpected.
+
+use std::io;
+use std::path::Path;
+
+/// A PCI function address (`domain:bus:device.function`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddress {
+    pub domain: u32,
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+}
+
+impl std::fmt::Display for PciAddress {
+    /// Canonical lowercase form, e.g. `0000:5e:00.0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.domain, self.bus, self.device, self.function)
+    }
+}
+
+/// Parses a sysfs PCI function name such as `0000:5e:00.0` (hex everywhere; the domain has 4 to 8 digits,
+/// as on hosts with VMD domains such as `10000:01:00.0`).
+pub fn parse_pci_address(s: &str) -> Option<PciAddress> {
+    let (domain, rest) = s.split_once(':')?;
+    let (bus, rest) = rest.split_once(':')?;
+    let (device, function) = rest.split_once('.')?;
+    let hex = |t: &str, min: usize, max: usize| -> Option<u32> {
+        if t.len() < min || t.len() > max || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(t, 16).ok()
+    };
+    let address = PciAddress {
+        domain: hex(domain, 4, 8)?,
+        bus: u8::try_from(hex(bus, 2, 2)?).ok()?,
+        device: u8::try_from(hex(device, 2, 2)?).ok().filter(|d| *d < 32)?,
+        function: u8::try_from(hex(function, 1, 1)?).ok().filter(|f| *f < 8)?,
+    };
+    Some(address)
+}
+
+/// The nearest ancestor of `path` (itself included) whose name is a PCI address: the function that hosts a
+/// device found below it in `/sys/devices`.
+pub fn pci_function_of(path: &Path) -> Option<(PciAddress, &Path)> {
+    path.ancestors().find_map(|p| p.file_name().and_then(|n| n.to_str()).and_then(parse_pci_address).map(|a| (a, p)))
+}
+
+/// `numa_node`: `"%d\n"`, where -1 means unknown. `Err(())` for anything that is not an integer ≥ -1.
+pub fn parse_numa_node(s: &str) -> Result<Option<i64>, ()> {
+    match s.trim().parse::<i64>() {
+        Ok(-1) => Ok(None),
+        Ok(n) if n >= 0 => Ok(Some(n)),
+        _ => Err(()),
+    }
+}
+
+/// `afu_id`: 32 hex digits. Returns whether it is the all-`f` ID the drivers report for a port without a
+/// usable AFU; `None` when it is not an AFU ID at all.
+pub fn afu_id_is_blank(s: &str) -> Option<bool> {
+    let s = s.trim();
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(s.bytes().all(|b| b == b'f' || b == b'F'))
+}
+
+/// `errors/errors`: `"0x%llx\n"`. A plain decimal or bare hex value is accepted too.
+pub fn parse_error_bits(s: &str) -> Option<u64> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) if !hex.is_empty() && hex.len() <= 16 => u64::from_str_radix(hex, 16).ok(),
+        Some(_) => None,
+        None => s.parse().ok(),
+    }
+}
+
+/// `ports_num` of an FME, and `id` of a port: a small non-negative decimal.
+pub fn parse_small_uint(s: &str) -> Option<u32> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Reads a sysfs attribute.
+pub fn read_attr(path: &Path) -> io::Result<String> {
+    std::fs::read_to_string(path)
+}
+
+/// A read error that says "try again later" rather than "this is broken": the drivers answer EBUSY while a
+/// port is in reset.
+pub fn is_transient(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_addresses_are_hex_and_canonical() {
+        let a = parse_pci_address("0000:AF:1f.7").unwrap();
+        assert_eq!((a.domain, a.bus, a.device, a.function), (0, 0xaf, 0x1f, 7));
+        assert_eq!(a.to_string(), "0000:af:1f.7");
+        assert_eq!(parse_pci_address("10000:01:00.0").unwrap().to_string(), "10000:01:00.0");
+        // The original parsed the bus as decimal: 0x5e is 94, not an error.
+        assert_eq!(parse_pci_address("0000:5e:00.0").unwrap().bus, 94);
+        for bad in [
+            "",
+            "0000:5e:00",
+            "000:5e:00.0",
+            "0000:5e:20.0",
+            "0000:5e:00.8",
+            "0000:5g:00.0",
+            "0000:5e:00.0x",
+            "pci0000:00",
+            "0000:5e:00.+1",
+        ] {
+            assert_eq!(parse_pci_address(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn function_is_the_nearest_pci_ancestor() {
+        let p = Path::new("/sys/devices/pci0000:5d/0000:5d:00.0/0000:5e:00.0/fpga_region/region0/dfl-port.0");
+        let (a, dir) = pci_function_of(p).unwrap();
+        assert_eq!(a.to_string(), "0000:5e:00.0");
+        assert_eq!(dir, Path::new("/sys/devices/pci0000:5d/0000:5d:00.0/0000:5e:00.0"));
+        assert_eq!(pci_function_of(Path::new("/sys/devices/platform/x")), None);
+    }
+
+    #[test]
+    fn numa_afu_errors_and_counts() {
+        assert_eq!(parse_numa_node("1\n"), Ok(Some(1)));
+        assert_eq!(parse_numa_node("-1\n"), Ok(None));
+        assert_eq!(parse_numa_node("-2"), Err(()));
+        assert_eq!(parse_numa_node("zero"), Err(()));
+        assert_eq!(afu_id_is_blank("ffffffffffffffffffffffffffffffff\n"), Some(true));
+        assert_eq!(afu_id_is_blank("d8424dc4a4a3c413f89e433683f9040b\n"), Some(false));
+        assert_eq!(afu_id_is_blank("fff"), None);
+        assert_eq!(parse_error_bits("0x0\n"), Some(0));
+        assert_eq!(parse_error_bits("0x40\n"), Some(0x40));
+        assert_eq!(parse_error_bits("0x"), None);
+        assert_eq!(parse_error_bits("0x10000000000000000"), None);
+        assert_eq!(parse_error_bits("oops"), None);
+        assert_eq!(parse_small_uint("2\n"), Some(2));
+        assert_eq!(parse_small_uint("-1"), None);
+        assert_eq!(parse_small_uint("+1"), None);
+    }
+}

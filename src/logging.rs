@@ -1,0 +1,31 @@
+//! Log lines go to stderr, and also to `--log-file` when one is given.
+
+use log::LevelFilter;
+use simplelog::{CombinedLogger, ConfigBuilder, SharedLogger, WriteLogger};
+use std::path::Path;
+
+/// Sets up logging. A log file that cannot be opened is reported on stderr and otherwise ignored: the
+/// plugin must not stop advertising devices because of a logging problem.
+pub fn init(level: LevelFilter, file: Option<&Path>) {
+    let config = ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_target_level(LevelFilter::Off)
+        .set_thread_level(LevelFilter::Off)
+        .set_location_level(LevelFilter::Off)
+        .build();
+    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![WriteLogger::new(level, config.clone(), std::io::stderr())];
+    let mut file_error = None;
+    if let Some(path) = file {
+        match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => loggers.push(WriteLogger::new(level, config, f)),
+            Err(e) => {
+                file_error = Some(format!("cannot open log file {}: {e}; logging to stderr only", path.display()))
+            }
+        }
+    }
+    // Fails only if a logger is already set (a program embedding us did it): keep theirs.
+    let _ = CombinedLogger::init(loggers);
+    if let Some(e) = file_error {
+        log::warn!("{e}");
+    }
+}

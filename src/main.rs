@@ -1,0 +1,75 @@
+use k8s_accelerator_devplugin::cli::{self, BackendChoice, Command};
+use k8s_accelerator_devplugin::daemon::{self, Settings};
+use k8s_accelerator_devplugin::discovery::{Backend, Roots};
+use k8s_accelerator_devplugin::{control, logging};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let options = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(options)) => options,
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("k8s-accelerator-devplugin {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("k8s-accelerator-devplugin: {e} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(options.log_level, options.log_file.as_deref());
+
+    let backend = match options.backend {
+        Some(BackendChoice::Intel) => Backend::Intel,
+        Some(BackendChoice::Aws) => Backend::Aws { units: options.accel_nbunits },
+        None => {
+            let detected = Backend::detect(&options.sysfs_root, options.accel_nbunits);
+            log::info!(
+                "backend {} (detected: {} Intel FPGA driver class under {})",
+                detected.name(),
+                if detected == Backend::Intel { "an" } else { "no" },
+                options.sysfs_root.display()
+            );
+            detected
+        }
+    };
+    log::info!(
+        "k8s-accelerator-devplugin {} starting: resource {}, backend {}, device-plugins directory {}",
+        env!("CARGO_PKG_VERSION"),
+        options.resource_name,
+        backend.name(),
+        options.device_plugin_path.display()
+    );
+    let settings = Settings {
+        backend,
+        resource_name: options.resource_name,
+        device_plugin_path: options.device_plugin_path,
+        roots: Roots { sysfs: options.sysfs_root, dev: options.dev_root },
+        scan_interval: options.scan_interval,
+    };
+
+    let started = control::new().and_then(|(control, handle)| {
+        handle.register_signals()?;
+        Ok(control)
+    });
+    let control = match started {
+        Ok(control) => control,
+        Err(e) => {
+            log::error!("cannot set up signal handling: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match daemon::run(settings, control) {
+        Ok(()) => {
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

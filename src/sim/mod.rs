@@ -1,0 +1,11 @@
+//! A simulated node and kubelet, for the tests and the demo. Nothing in the daemon uses this module.
+//!
+//! `SimNode` builds the sysfs and /dev trees the Intel drivers create, in a temporary directory.
+//! `FakeKubelet` serves `Registration` on a real Unix socket and behaves like a kubelet ≥ 1.25: it calls
+//! GetDevicePluginOptions inside Register, then keeps a ListAndWatch stream open and records every list.
+
+mod kubelet;
+mod node;
+
+pub use kubelet::{Behavior, FakeKubelet, Registration, Update};
+pub use node::{write as sim_write, Fme, SimNode, TempDir};

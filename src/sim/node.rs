@@ -1,0 +1,203 @@
+//! Realistic Intel FPGA sysfs and /dev trees (OPAE and DFL layouts, SR-IOV VFs), built in a temp dir.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A directory removed (with its contents) when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> io::Result<TempDir> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        // Short names: Unix socket paths are limited to 107 bytes.
+        let name = format!("{label}-{}-{}-{nanos:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let path = std::env::temp_dir().join(name);
+        fs::create_dir_all(&path)?;
+        Ok(TempDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A simulated node: `<root>/sys` and `<root>/dev`.
+pub struct SimNode {
+    root: TempDir,
+}
+
+/// An FPGA card's FME: its instance number and how many ports it reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Fme {
+    pub instance: u32,
+    pub ports_num: u32,
+}
+
+const AFU_ID: &str = "d8424dc4a4a3c413f89e433683f9040b";
+
+impl SimNode {
+    pub fn new() -> io::Result<SimNode> {
+        let root = TempDir::new("simnode")?;
+        fs::create_dir_all(root.path().join("sys/devices"))?;
+        fs::create_dir_all(root.path().join("dev"))?;
+        Ok(SimNode { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn sysfs(&self) -> PathBuf {
+        self.root.path().join("sys")
+    }
+
+    pub fn dev(&self) -> PathBuf {
+        self.root.path().join("dev")
+    }
+
+    /// `sys/devices/pci<domain>:00/<domain>:00:01.0/<address>` with its `numa_node`.
+    pub fn pci_function(&self, address: &str, numa_node: &str) -> io::Result<PathBuf> {
+        let domain = address.split(':').next().unwrap_or("0000");
+        let dir = self.sysfs().join(format!("devices/pci{domain}:00/{domain}:00:01.0/{address}"));
+        fs::create_dir_all(&dir)?;
+        write(&dir.join("numa_node"), &format!("{numa_node}\n"))?;
+        write(&dir.join("vendor"), "0x8086\n")?;
+        write(&dir.join("class"), "0x120000\n")?;
+        Ok(dir)
+    }
+
+    /// An OPAE-driver card: `<fn>/fpga/intel-fpga-dev.<dev_index>/` with an optional FME and ports
+    /// `(K, id)` named `intel-fpga-port.K`, their class link and their device nodes. Returns the port dirs.
+    pub fn opae_card(
+        &self,
+        address: &str,
+        numa_node: i64,
+        dev_index: u32,
+        fme: Option<Fme>,
+        ports: &[(u32, u32)],
+    ) -> io::Result<Vec<PathBuf>> {
+        let function = self.pci_function(address, &numa_node.to_string())?;
+        let container = function.join(format!("fpga/intel-fpga-dev.{dev_index}"));
+        fs::create_dir_all(&container)?;
+        symlink_rel(&function, &container.join("device"))?;
+        symlink_rel(&container, &self.sysfs().join(format!("class/fpga/intel-fpga-dev.{dev_index}")))?;
+        if let Some(fme) = fme {
+            self.fme(&container.join(format!("intel-fpga-fme.{}", fme.instance)), fme, "intel-fpga-fme")?;
+        }
+        ports.iter().map(|&(k, id)| self.port(&container, &format!("intel-fpga-port.{k}"), id)).collect()
+    }
+
+    /// A DFL-driver card: `<fn>/fpga_region/region<region>/` with an optional FME (and its PR region, which
+    /// holds no port) and ports `(K, id)` named `dfl-port.K`. Returns the port dirs.
+    pub fn dfl_card(
+        &self,
+        address: &str,
+        numa_node: i64,
+        region: u32,
+        fme: Option<Fme>,
+        ports: &[(u32, u32)],
+    ) -> io::Result<Vec<PathBuf>> {
+        let function = self.pci_function(address, &numa_node.to_string())?;
+        let container = function.join(format!("fpga_region/region{region}"));
+        fs::create_dir_all(&container)?;
+        symlink_rel(&function, &container.join("device"))?;
+        symlink_rel(&container, &self.sysfs().join(format!("class/fpga_region/region{region}")))?;
+        if let Some(fme) = fme {
+            let fme_dir = container.join(format!("dfl-fme.{}", fme.instance));
+            self.fme(&fme_dir, fme, "dfl-fme")?;
+            // The FME's partial-reconfiguration region is a class fpga_region too, with no port in it.
+            let pr_region = fme_dir.join(format!("dfl-fme-region.{}/fpga_region/region{}", fme.instance, region + 100));
+            fs::create_dir_all(&pr_region)?;
+            symlink_rel(&pr_region, &self.sysfs().join(format!("class/fpga_region/region{}", region + 100)))?;
+        }
+        ports.iter().map(|&(k, id)| self.port(&container, &format!("dfl-port.{k}"), id)).collect()
+    }
+
+    /// Marks `vf` as a virtual function of `pf` (`physfn` / `virtfn<index>` links).
+    pub fn link_vf(&self, pf: &str, vf: &str, index: u32) -> io::Result<()> {
+        let pf_dir = self.find_function(pf)?;
+        let vf_dir = self.find_function(vf)?;
+        symlink_rel(&pf_dir, &vf_dir.join("physfn"))?;
+        symlink_rel(&vf_dir, &pf_dir.join(format!("virtfn{index}")))
+    }
+
+    fn find_function(&self, address: &str) -> io::Result<PathBuf> {
+        let domain = address.split(':').next().unwrap_or("0000");
+        let dir = self.sysfs().join(format!("devices/pci{domain}:00/{domain}:00:01.0/{address}"));
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(io::Error::new(io::ErrorKind::NotFound, format!("no PCI function {address}")))
+        }
+    }
+
+    fn fme(&self, dir: &Path, fme: Fme, node_prefix: &str) -> io::Result<()> {
+        fs::create_dir_all(dir.join("pr"))?;
+        write(&dir.join("ports_num"), &format!("{}\n", fme.ports_num))?;
+        write(&dir.join("bitstream_id"), "0x2300011001030f\n")?;
+        write(&dir.join("dev"), &format!("{}:{}\n", 509, fme.instance))?;
+        self.add_node(&format!("{node_prefix}.{}", fme.instance))
+    }
+
+    fn port(&self, container: &Path, name: &str, id: u32) -> io::Result<PathBuf> {
+        let dir = container.join(name);
+        fs::create_dir_all(dir.join("errors"))?;
+        write(&dir.join("id"), &format!("{id}\n"))?;
+        write(&dir.join("afu_id"), &format!("{AFU_ID}\n"))?;
+        write(&dir.join("power_state"), "0\n")?;
+        write(&dir.join("dev"), &format!("{}:{}\n", 510, id))?;
+        write(&dir.join("errors/errors"), "0x0\n")?;
+        write(&dir.join("errors/first_error"), "0x0\n")?;
+        self.add_node(name)?;
+        Ok(dir)
+    }
+
+    /// Creates `<dev>/<name>` (a plain file stands in for the character device).
+    pub fn add_node(&self, name: &str) -> io::Result<()> {
+        write(&self.dev().join(name), "")
+    }
+
+    pub fn remove_node(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.dev().join(name))
+    }
+
+    /// What the driver does when a port is released to a VF: its sysfs directory and its node vanish.
+    pub fn release_port(&self, port_dir: &Path) -> io::Result<()> {
+        let name = port_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        fs::remove_dir_all(port_dir)?;
+        self.remove_node(&name)
+    }
+}
+
+/// Writes a whole file: a sysfs attribute or a device node stand-in.
+pub fn write(path: &Path, text: &str) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(path, text)
+}
+
+/// A relative symlink at `link` pointing to `target`, as sysfs makes them.
+fn symlink_rel(target: &Path, link: &Path) -> io::Result<()> {
+    let parent = link.parent().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    fs::create_dir_all(parent)?;
+    let common = target.ancestors().find(|a| parent.starts_with(a)).unwrap_or(Path::new("/"));
+    let ups = parent.strip_prefix(common).map(|p| p.components().count()).unwrap_or(0);
+    let mut rel = PathBuf::new();
+    for _ in 0..ups {
+        rel.push("..");
+    }
+    rel.push(target.strip_prefix(common).unwrap_or(target));
+    std::os::unix::fs::symlink(rel, link)
+}

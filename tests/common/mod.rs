@@ -1,0 +1,125 @@
+//! Helpers shared by the integration tests: the real plugin binary run as a child process.
+#![allow(dead_code)]
+
+use k8s_accelerator_devplugin::sim::TempDir;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_k8s-accelerator-devplugin");
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The plugin binary running in the background, its stderr kept in a file for assertions and for
+/// diagnosing failures.
+pub struct Plugin {
+    child: Child,
+    log: PathBuf,
+    _logs: TempDir,
+}
+
+impl Plugin {
+    pub fn spawn(args: &[&str]) -> Plugin {
+        let logs = TempDir::new("pluginlog").expect("temp dir");
+        let log = logs.path().join("stderr.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start the plugin binary");
+        Plugin { child, log, _logs: logs }
+    }
+
+    /// The usual flags for a simulated node and kubelet directory, plus `extra`.
+    pub fn spawn_on(dir: &Path, sys: &Path, dev: &Path, extra: &[&str]) -> Plugin {
+        let mut args = vec![
+            "--device-plugin-path".to_string(),
+            dir.display().to_string(),
+            "--sysfs-root".into(),
+            sys.display().to_string(),
+            "--dev-root".into(),
+            dev.display().to_string(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Plugin::spawn(&args)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log().contains(needle))
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- plugin log ---\n{}--- end of plugin log ---", self.log());
+        }
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The sockets in a directory, sorted.
+pub fn sockets(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// `(ID, health, NUMA node)` of each device in a list.
+pub fn summary(devices: &[k8s_accelerator_devplugin::api::Device]) -> Vec<(String, String, Option<i64>)> {
+    devices.iter().map(|d| (d.ID.clone(), d.health.clone(), d.topology.nodes.first().map(|n| n.ID))).collect()
+}

@@ -1,0 +1,180 @@
+//! Discovery over realistic sysfs and /dev trees built in temp dirs.
+
+mod common;
+
+use common::summary;
+use k8s_accelerator_devplugin::device::{Device, Health};
+use k8s_accelerator_devplugin::discovery::{self, Backend, Roots, Scan};
+use k8s_accelerator_devplugin::registry::Registry;
+use k8s_accelerator_devplugin::sim::{sim_write as write, Fme, SimNode};
+use std::fs;
+
+fn roots(node: &SimNode) -> Roots {
+    Roots { sysfs: node.sysfs(), dev: node.dev() }
+}
+
+fn scan(node: &SimNode) -> Scan {
+    discovery::scan(Backend::Intel, &roots(node))
+}
+
+fn ids(scan: &Scan) -> Vec<&str> {
+    scan.devices.iter().map(|d| d.id.as_str()).collect()
+}
+
+fn device<'a>(scan: &'a Scan, id: &str) -> &'a Device {
+    scan.devices.iter().find(|d| d.id == id).unwrap_or_else(|| panic!("no device {id} in {:?}", ids(scan)))
+}
+
+#[test]
+fn opae_ports_are_named_by_pci_address_and_matched_to_their_own_node() {
+    let node = SimNode::new().unwrap();
+    // The dev, FME and port counters are independent: intel-fpga-dev.0 holds port 3, dev.1 holds port 0.
+    node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(3, 0)]).unwrap();
+    node.opae_card("0000:BE:00.0", 1, 1, Some(Fme { instance: 1, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let s = scan(&node);
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert_eq!(ids(&s), ["0000:5e:00.0", "0000:be:00.0"]);
+    let a = device(&s, "0000:5e:00.0");
+    assert_eq!(a.health, Health::Healthy);
+    assert_eq!(a.numa_node, Some(0));
+    let a_node = a.node.as_ref().unwrap();
+    assert_eq!(a_node.container_path, "/dev/intel-fpga-port.3");
+    assert_eq!(a_node.host_path, node.dev().join("intel-fpga-port.3").display().to_string());
+    let b = device(&s, "0000:be:00.0");
+    assert_eq!(b.numa_node, Some(1));
+    assert_eq!(b.node.as_ref().unwrap().container_path, "/dev/intel-fpga-port.0");
+    assert_eq!(Backend::detect(&node.sysfs(), 40), Backend::Intel);
+}
+
+#[test]
+fn dfl_multi_port_functions_get_port_suffixes_and_fme_regions_are_skipped() {
+    let node = SimNode::new().unwrap();
+    node.dfl_card("0000:3b:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 0), (1, 1)]).unwrap();
+    node.dfl_card("0001:af:00.0", -1, 1, Some(Fme { instance: 1, ports_num: 1 }), &[(2, 0)]).unwrap();
+    let s = scan(&node);
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert_eq!(ids(&s), ["0000:3b:00.0-0", "0000:3b:00.0-1", "0001:af:00.0"]);
+    assert_eq!(device(&s, "0000:3b:00.0-1").node.as_ref().unwrap().container_path, "/dev/dfl-port.1");
+    assert_eq!(device(&s, "0000:3b:00.0-1").numa_node, Some(1));
+    assert_eq!(device(&s, "0001:af:00.0").numa_node, None, "numa_node -1 means no topology");
+}
+
+#[test]
+fn sriov_released_port_moves_to_the_vf_and_sibling_ids_stay_stable() {
+    let node = SimNode::new().unwrap();
+    let ports =
+        node.dfl_card("0000:b1:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 0), (1, 1)]).unwrap();
+    let before = scan(&node);
+    assert_eq!(ids(&before), ["0000:b1:00.0-0", "0000:b1:00.0-1"]);
+
+    // Port id 0 is released from the PF and shows up in the VF, its only port.
+    node.release_port(&ports[0]).unwrap();
+    node.dfl_card("0000:b1:00.1", 0, 2, None, &[(2, 0)]).unwrap();
+    node.link_vf("0000:b1:00.0", "0000:b1:00.1", 0).unwrap();
+    let after = scan(&node);
+    assert!(after.problems.is_empty(), "{:?}", after.problems);
+    assert_eq!(ids(&after), ["0000:b1:00.0-1", "0000:b1:00.1"], "the PF's remaining port keeps its ID");
+    assert_eq!(device(&after, "0000:b1:00.1").node.as_ref().unwrap().container_path, "/dev/dfl-port.2");
+
+    // All released: the PF keeps only its FME, which advertises nothing.
+    node.release_port(&ports[1]).unwrap();
+    assert_eq!(ids(&scan(&node)), ["0000:b1:00.1"]);
+}
+
+#[test]
+fn both_driver_layouts_on_one_node() {
+    let node = SimNode::new().unwrap();
+    node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    node.dfl_card("0000:86:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let s = scan(&node);
+    assert_eq!(ids(&s), ["0000:5e:00.0", "0000:86:00.0"]);
+    assert_eq!(device(&s, "0000:86:00.0").node.as_ref().unwrap().container_path, "/dev/dfl-port.0");
+}
+
+#[test]
+fn health_follows_node_errors_and_afu_id_both_ways() {
+    let node = SimNode::new().unwrap();
+    let ports = node.dfl_card("0000:3b:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let port = &ports[0];
+    let health = |node: &SimNode| scan(node).devices[0].health.clone();
+    assert_eq!(health(&node), Health::Healthy);
+
+    node.remove_node("dfl-port.0").unwrap();
+    assert!(matches!(health(&node), Health::Unhealthy(why) if why.contains("missing")));
+    node.add_node("dfl-port.0").unwrap();
+    assert_eq!(health(&node), Health::Healthy);
+
+    write(&port.join("errors/errors"), "0x40\n").unwrap();
+    assert!(matches!(health(&node), Health::Unhealthy(why) if why.contains("0x40")));
+    write(&port.join("errors/errors"), "0x0\n").unwrap();
+    assert_eq!(health(&node), Health::Healthy);
+
+    write(&port.join("afu_id"), "ffffffffffffffffffffffffffffffff\n").unwrap();
+    assert!(matches!(health(&node), Health::Unhealthy(why) if why.contains("no AFU")));
+    write(&port.join("afu_id"), "9f81ad2ce2d54f4dae6de5c8a2fcb9a5\n").unwrap();
+    assert_eq!(health(&node), Health::Healthy);
+
+    // No error-reporting feature at all: not an error.
+    fs::remove_dir_all(port.join("errors")).unwrap();
+    assert_eq!(health(&node), Health::Healthy);
+    // Garbage where an error mask should be: degraded, not fatal.
+    write(&port.join("errors/errors"), "\u{1}garbage").unwrap();
+    assert!(matches!(health(&node), Health::Unhealthy(_)));
+}
+
+#[test]
+fn corrupt_entries_are_reported_and_skipped_while_good_devices_stay() {
+    let node = SimNode::new().unwrap();
+    node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let good_dfl = node.dfl_card("0000:86:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let class = node.sysfs().join("class");
+    // A dangling class symlink.
+    std::os::unix::fs::symlink(
+        "../../devices/pci0000:00/0000:00:01.0/0000:99:00.0/fpga/intel-fpga-dev.9",
+        class.join("fpga/intel-fpga-dev.9"),
+    )
+    .unwrap();
+    // A region that is not below any PCI function.
+    let platform = node.sysfs().join("devices/platform/fake/fpga_region/region7");
+    fs::create_dir_all(platform.join("dfl-port.7")).unwrap();
+    std::os::unix::fs::symlink(&platform, class.join("fpga_region/region7")).unwrap();
+    // An oddly named port next to a good one.
+    fs::create_dir_all(good_dfl[0].parent().unwrap().join("dfl-port.x")).unwrap();
+    // Garbage NUMA node on the OPAE card.
+    write(&node.sysfs().join("devices/pci0000:00/0000:00:01.0/0000:5e:00.0/numa_node"), "banana\n").unwrap();
+    // A multi-port function whose second port has no readable id.
+    let ports =
+        node.dfl_card("0000:3b:00.0", 0, 1, Some(Fme { instance: 1, ports_num: 2 }), &[(1, 0), (2, 1)]).unwrap();
+    fs::remove_file(ports[1].join("id")).unwrap();
+
+    let s = scan(&node);
+    assert_eq!(ids(&s), ["0000:3b:00.0-0", "0000:5e:00.0", "0000:86:00.0"]);
+    assert_eq!(device(&s, "0000:5e:00.0").numa_node, None);
+    assert!(s.devices.iter().all(|d| d.health == Health::Healthy));
+    let problems = s.problems.join("\n");
+    for needle in ["intel-fpga-dev.9", "region7", "dfl-port.x", "banana", "dfl-port.2"] {
+        assert!(problems.contains(needle), "no problem mentions {needle}:\n{problems}");
+    }
+}
+
+#[test]
+fn no_driver_means_aws_and_aws_units_are_numbered() {
+    let node = SimNode::new().unwrap();
+    let backend = Backend::detect(&node.sysfs(), 3);
+    assert_eq!(backend, Backend::Aws { units: 3 });
+    let mut registry = Registry::default();
+    registry.update(discovery::scan(backend, &roots(&node)).devices);
+    let list = registry.snapshot().list();
+    assert_eq!(
+        summary(&list.devices),
+        [
+            ("0".into(), "Healthy".into(), None),
+            ("1".into(), "Healthy".into(), None),
+            ("2".into(), "Healthy".into(), None)
+        ]
+    );
+    // An Intel node with the driver loaded but no card yet: Intel, empty.
+    fs::create_dir_all(node.sysfs().join("class/fpga_region")).unwrap();
+    assert_eq!(Backend::detect(&node.sysfs(), 3), Backend::Intel);
+    assert!(scan(&node).devices.is_empty());
+}
