@@ -244,10 +244,15 @@ impl FakeKubelet {
         self.shared.lock().updates.clone()
     }
 
-    /// Waits until at least `n` Register calls arrived and the n-th was fully handled (accepted with its
-    /// options read, or rejected); returns it.
+    /// Waits until at least `n` Register calls were accepted (the plugin answered GetDevicePluginOptions
+    /// and ListAndWatch was opened); returns the n-th accepted one.
     pub fn wait_registration(&self, n: usize, timeout: Duration) -> Option<Registration> {
-        self.wait(timeout, |s| s.registrations.get(n - 1).filter(|r| r.options.is_some()).cloned())
+        self.wait(timeout, |s| s.registrations.iter().filter(|r| r.options.is_some()).nth(n - 1).cloned())
+    }
+
+    /// How many Register calls were accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.shared.lock().registrations.iter().filter(|r| r.options.is_some()).count()
     }
 
     /// Waits until at least `n` Register calls arrived (whatever their outcome).

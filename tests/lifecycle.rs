@@ -1,0 +1,258 @@
+//! The plugin's life: kubelet restarts, socket deletion, dropped streams, absent kubelet, stale sockets,
+//! signals and the command line. Real binary, fake kubelet, real Unix sockets in temp dirs.
+
+mod common;
+
+use common::{sockets, wait_until, Plugin, BIN, WAIT};
+use k8s_accelerator_devplugin::sim::{Behavior, FakeKubelet, SimNode, TempDir};
+use std::os::unix::net::UnixListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SOCKET: &str = "k8s-accelerator-devplugin-b-com.com_accelerator.sock";
+
+fn aws_plugin(dir: &std::path::Path, node: &SimNode, extra: &[&str]) -> Plugin {
+    let mut args = vec!["--backend", "aws", "--accel-nbunits", "2"];
+    args.extend_from_slice(extra);
+    Plugin::spawn_on(dir, &node.sysfs(), &node.dev(), &args)
+}
+
+#[test]
+fn every_kubelet_restart_ends_registered_with_one_socket() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let mut kubelet = FakeKubelet::start(dir.path()).unwrap();
+    let _p = aws_plugin(dir.path(), &node, &[]);
+    kubelet.wait_registration(1, WAIT).expect("first registration");
+    for round in 2..=6 {
+        let before = kubelet.accepted();
+        kubelet.restart().unwrap();
+        let reg = kubelet.wait_registration(before + 1, WAIT).unwrap_or_else(|| panic!("round {round}: no Register"));
+        assert_eq!(reg.request.endpoint, SOCKET);
+        kubelet.wait_devices(WAIT, |d| d.len() == 2).expect("the list after re-registering");
+        assert!(
+            wait_until(WAIT, || sockets(dir.path())
+                == ["k8s-accelerator-devplugin-b-com.com_accelerator.sock", "kubelet.sock"]),
+            "round {round}: {:?}",
+            sockets(dir.path())
+        );
+    }
+}
+
+#[test]
+fn a_deleted_plugin_socket_is_recreated_and_registered_again() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let kubelet = FakeKubelet::start(dir.path()).unwrap();
+    let p = aws_plugin(dir.path(), &node, &[]);
+    kubelet.wait_registration(1, WAIT).unwrap();
+    std::fs::remove_file(dir.path().join(SOCKET)).unwrap();
+    kubelet.wait_registration(2, WAIT).expect("a new Register after our socket was deleted");
+    assert!(dir.path().join(SOCKET).exists());
+    assert!(p.log().contains("our socket was deleted"), "{}", p.log());
+    // And it serves on the new socket.
+    let client = kubelet.plugin().unwrap();
+    client.get_device_plugin_options(&Default::default()).unwrap();
+}
+
+#[test]
+fn the_kubelet_dropping_the_last_stream_triggers_a_new_registration() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let kubelet = FakeKubelet::start(dir.path()).unwrap();
+    let p = aws_plugin(dir.path(), &node, &[]);
+    kubelet.wait_registration(1, WAIT).unwrap();
+    kubelet.wait_devices(WAIT, |d| d.len() == 2).unwrap();
+    kubelet.drop_streams();
+    kubelet.wait_registration(2, WAIT).expect("a new Register after the stream ended");
+    assert!(p.log().contains("closed its last ListAndWatch stream"), "{}", p.log());
+    // Once registered again, it stays quiet: no registration loop.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kubelet.registrations().len(), 2);
+    assert_eq!(kubelet.accepted(), 2);
+}
+
+#[test]
+fn starts_before_the_kubelet_and_registers_when_it_appears() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let p = aws_plugin(dir.path(), &node, &[]);
+    assert!(p.wait_log("cannot register with the kubelet", WAIT), "{}", p.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    let kubelet = FakeKubelet::start(dir.path()).unwrap();
+    let started = Instant::now();
+    let reg = kubelet.wait_registration(1, WAIT).expect("registered once the kubelet came");
+    assert!(reg.at.duration_since(started) < Duration::from_secs(3), "took {:?}", reg.at.duration_since(started));
+    // Failures while waiting were logged once at info, then at debug.
+    let log = p.log();
+    assert_eq!(log.matches("[INFO] cannot register").count(), 1, "{log}");
+    assert!(log.matches("[DEBUG] cannot register").count() >= 2, "{log}");
+}
+
+#[test]
+fn a_rejecting_or_silent_kubelet_is_retried() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let kubelet = FakeKubelet::start(dir.path()).unwrap();
+    kubelet.set_behavior(Behavior::Reject("resource already registered".into()));
+    let p = aws_plugin(dir.path(), &node, &[]);
+    kubelet.wait_register_calls(3, WAIT).expect("retries after rejections");
+    assert!(p.log().contains("resource already registered"), "{}", p.log());
+    kubelet.set_behavior(Behavior::Accept);
+    kubelet.wait_registration(1, WAIT).expect("accepted after the kubelet changed its mind");
+}
+
+#[test]
+fn sigterm_and_sigint_stop_within_a_second_and_remove_the_socket() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let node = SimNode::new().unwrap();
+        let dir = TempDir::new("kubelet").unwrap();
+        let kubelet = FakeKubelet::start(dir.path()).unwrap();
+        let mut p = aws_plugin(dir.path(), &node, &[]);
+        kubelet.wait_registration(1, WAIT).unwrap();
+        kubelet.wait_devices(WAIT, |d| d.len() == 2).unwrap();
+        let sent = Instant::now();
+        p.signal(signal);
+        let status = p.wait_exit(WAIT).expect("exited");
+        let took = sent.elapsed();
+        assert_eq!(status.code(), Some(0), "signal {signal}: {}", p.log());
+        assert!(took < Duration::from_secs(1), "signal {signal}: took {took:?}");
+        assert_eq!(sockets(dir.path()), ["kubelet.sock"], "signal {signal}");
+    }
+}
+
+#[test]
+fn sighup_rescans_and_registers_again() {
+    let node = SimNode::new().unwrap();
+    std::fs::create_dir_all(node.sysfs().join("class/fpga")).unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let kubelet = FakeKubelet::start(dir.path()).unwrap();
+    let p = Plugin::spawn_on(dir.path(), &node.sysfs(), &node.dev(), &["--scan-interval", "1h"]);
+    kubelet.wait_registration(1, WAIT).unwrap();
+    // A sysfs-only change (the node exists beforehand, so no dev-root event explains a rescan).
+    node.add_node("intel-fpga-port.0").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let function = node.pci_function("0000:5e:00.0", "0").unwrap();
+    let container = function.join("fpga/intel-fpga-dev.0");
+    std::fs::create_dir_all(container.join("intel-fpga-port.0")).unwrap();
+    std::fs::write(container.join("intel-fpga-port.0/id"), "0\n").unwrap();
+    std::os::unix::fs::symlink(&container, node.sysfs().join("class/fpga/intel-fpga-dev.0")).unwrap();
+    p.signal(libc::SIGHUP);
+    kubelet.wait_registration(2, WAIT).expect("registered again on SIGHUP");
+    kubelet.wait_devices(WAIT, |d| d.len() == 1 && d[0].ID == "0000:5e:00.0").expect("rescanned on SIGHUP");
+}
+
+#[test]
+fn stale_sockets_of_ours_are_removed_and_live_ones_are_left_alone() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    // A socket nobody listens on, left by a killed run of ours with another resource name.
+    drop(UnixListener::bind(dir.path().join("k8s-accelerator-devplugin-example.com_old.sock")).unwrap());
+    // Live sockets: another plugin's, and another instance of ours for another resource.
+    let _other = UnixListener::bind(dir.path().join("nvidia-gpu.sock")).unwrap();
+    let _sibling = UnixListener::bind(dir.path().join("k8s-accelerator-devplugin-example.com_live.sock")).unwrap();
+    let kubelet = FakeKubelet::start(dir.path()).unwrap();
+    let p = aws_plugin(dir.path(), &node, &[]);
+    kubelet.wait_registration(1, WAIT).unwrap();
+    assert_eq!(
+        sockets(dir.path()),
+        [
+            "k8s-accelerator-devplugin-b-com.com_accelerator.sock",
+            "k8s-accelerator-devplugin-example.com_live.sock",
+            "kubelet.sock",
+            "nvidia-gpu.sock"
+        ]
+    );
+    assert!(p.log().contains("removed stale socket"), "{}", p.log());
+}
+
+#[test]
+fn a_second_instance_for_the_same_resource_refuses_to_start() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let kubelet = FakeKubelet::start(dir.path()).unwrap();
+    let _first = aws_plugin(dir.path(), &node, &[]);
+    kubelet.wait_registration(1, WAIT).unwrap();
+    let mut second = aws_plugin(dir.path(), &node, &[]);
+    let status = second.wait_exit(WAIT).expect("the second instance exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(second.log().contains("another plugin instance is serving"), "{}", second.log());
+    // The first one is untouched.
+    kubelet.plugin().unwrap().get_device_plugin_options(&Default::default()).unwrap();
+}
+
+#[test]
+fn an_unwritable_log_file_is_a_warning_and_a_writable_one_gets_the_log() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let kubelet = FakeKubelet::start(dir.path()).unwrap();
+    let p = aws_plugin(dir.path(), &node, &["--log-file", "/nonexistent/dir/plugin.log"]);
+    kubelet.wait_registration(1, WAIT).expect("still registers");
+    assert!(p.log().contains("cannot open log file /nonexistent/dir/plugin.log"), "{}", p.log());
+    drop(p);
+
+    let logs = TempDir::new("logs").unwrap();
+    let file = logs.path().join("plugin.log");
+    let p = aws_plugin(dir.path(), &node, &["-log-file", file.to_str().unwrap()]);
+    assert!(wait_until(WAIT, || std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .contains("registered b-com.com/accelerator")));
+    drop(p);
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line_naming_the_flag() {
+    for (args, needle) in [
+        (&["--accel-nbunits", "0"][..], "--accel-nbunits"),
+        (&["-accel-nbunits", "abc"], "--accel-nbunits"),
+        (&["--backend", "nvidia"], "--backend"),
+        (&["--scan-interval", "soon"], "--scan-interval"),
+        (&["--log-level", "verbose"], "--log-level"),
+        (&["--resource-name", "kubernetes.io/fpga"], "--resource-name"),
+        (&["--bogus"], "--bogus"),
+        (&["--device-plugin-path"], "--device-plugin-path"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let help = Command::new(BIN).arg("-help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--backend",
+        "--accel-nbunits",
+        "--resource-name",
+        "--device-plugin-path",
+        "--sysfs-root",
+        "--dev-root",
+        "--scan-interval",
+        "--log-level",
+        "--log-file",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let version = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("k8s-accelerator-devplugin "));
+}
+
+#[test]
+fn a_kubelet_that_never_answers_is_timed_out_and_a_restart_is_not_held_up() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let mut kubelet = FakeKubelet::start(dir.path()).unwrap();
+    kubelet.set_behavior(Behavior::Hang);
+    let p = aws_plugin(dir.path(), &node, &[]);
+    kubelet.wait_register_calls(1, WAIT).unwrap();
+    // The Register deadline is 10 s: then it is retried.
+    kubelet.wait_register_calls(2, Duration::from_secs(15)).expect("retried after the deadline");
+    assert!(p.log().contains("DEADLINE_EXCEEDED"), "{}", p.log());
+    // A kubelet restart while a Register hangs is acted on at once.
+    kubelet.set_behavior(Behavior::Accept);
+    let restarted = Instant::now();
+    kubelet.restart().unwrap();
+    let reg = kubelet.wait_registration(1, WAIT).expect("registered after the restart");
+    assert!(reg.at.duration_since(restarted) < Duration::from_secs(2), "{:?}", reg.at.duration_since(restarted));
+}
