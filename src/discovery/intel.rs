@@ -181,7 +181,7 @@ fn read_port_id(port_dir: &Path) -> Option<u32> {
 fn numa_node(function_dir: &Path, problems: &mut Vec<String>) -> Option<i64> {
     let path = function_dir.join("numa_node");
     let text = sysfs::read_attr(&path).ok()?;
-    sysfs::parse_numa_node(&text).unwrap_or_else(|()| {
+    sysfs::parse_numa_node(&text).unwrap_or_else(|sysfs::Malformed| {
         problems.push(format!("ignoring {}: not a NUMA node: {:?}", path.display(), text.trim()));
         None
     })

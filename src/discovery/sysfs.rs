@@ -48,12 +48,16 @@ pub fn pci_function_of(path: &Path) -> Option<(PciAddress, &Path)> {
     path.ancestors().find_map(|p| p.file_name().and_then(|n| n.to_str()).and_then(parse_pci_address).map(|a| (a, p)))
 }
 
-/// `numa_node`: `"%d\n"`, where -1 means unknown. `Err(())` for anything that is not an integer ≥ -1.
-pub fn parse_numa_node(s: &str) -> Result<Option<i64>, ()> {
+/// An attribute that does not hold what its name promises.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed;
+
+/// `numa_node`: `"%d\n"`, where -1 means unknown.
+pub fn parse_numa_node(s: &str) -> Result<Option<i64>, Malformed> {
     match s.trim().parse::<i64>() {
         Ok(-1) => Ok(None),
         Ok(n) if n >= 0 => Ok(Some(n)),
-        _ => Err(()),
+        _ => Err(Malformed),
     }
 }
 
@@ -137,8 +141,8 @@ mod tests {
     fn numa_afu_errors_and_counts() {
         assert_eq!(parse_numa_node("1\n"), Ok(Some(1)));
         assert_eq!(parse_numa_node("-1\n"), Ok(None));
-        assert_eq!(parse_numa_node("-2"), Err(()));
-        assert_eq!(parse_numa_node("zero"), Err(()));
+        assert_eq!(parse_numa_node("-2"), Err(Malformed));
+        assert_eq!(parse_numa_node("zero"), Err(Malformed));
         assert_eq!(afu_id_is_blank("ffffffffffffffffffffffffffffffff\n"), Some(true));
         assert_eq!(afu_id_is_blank("d8424dc4a4a3c413f89e433683f9040b\n"), Some(false));
         assert_eq!(afu_id_is_blank("fff"), None);
