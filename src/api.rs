@@ -13,3 +13,101 @@ pub const KUBELET_SOCKET: &str = "kubelet.sock";
 /// Health strings understood by the kubelet.
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
+
+#[cfg(test)]
+mod tests {
+    use protobuf::reflect::RuntimeFieldType;
+
+    /// The kubelet's api.proto, message by message: `name = number` for every field. A change here breaks
+    /// the wire format.
+    const OFFICIAL: &[(&str, &[(&str, i32)])] = &[
+        ("DevicePluginOptions", &[("pre_start_required", 1), ("get_preferred_allocation_available", 2)]),
+        ("RegisterRequest", &[("version", 1), ("endpoint", 2), ("resource_name", 3), ("options", 4)]),
+        ("Empty", &[]),
+        ("ListAndWatchResponse", &[("devices", 1)]),
+        ("TopologyInfo", &[("nodes", 1)]),
+        ("NUMANode", &[("ID", 1)]),
+        ("Device", &[("ID", 1), ("health", 2), ("topology", 3)]),
+        ("PreStartContainerRequest", &[("devices_ids", 1)]),
+        ("PreStartContainerResponse", &[]),
+        ("PreferredAllocationRequest", &[("container_requests", 1)]),
+        (
+            "ContainerPreferredAllocationRequest",
+            &[("available_deviceIDs", 1), ("must_include_deviceIDs", 2), ("allocation_size", 3)],
+        ),
+        ("PreferredAllocationResponse", &[("container_responses", 1)]),
+        ("ContainerPreferredAllocationResponse", &[("deviceIDs", 1)]),
+        ("AllocateRequest", &[("container_requests", 1)]),
+        ("ContainerAllocateRequest", &[("devices_ids", 1)]),
+        ("CDIDevice", &[("name", 1)]),
+        ("AllocateResponse", &[("container_responses", 1)]),
+        (
+            "ContainerAllocateResponse",
+            &[("envs", 1), ("mounts", 2), ("devices", 3), ("annotations", 4), ("cdi_devices", 5)],
+        ),
+        ("Mount", &[("container_path", 1), ("host_path", 2), ("read_only", 3)]),
+        ("DeviceSpec", &[("container_path", 1), ("host_path", 2), ("permissions", 3)]),
+    ];
+
+    #[test]
+    fn messages_and_field_numbers_match_the_official_api() {
+        let file = super::api::file_descriptor();
+        assert_eq!(file.proto().package(), "v1beta1");
+        let ours: Vec<String> = file.messages().map(|m| m.name().to_string()).collect();
+        let official: Vec<&str> = OFFICIAL.iter().map(|(m, _)| *m).collect();
+        assert_eq!(ours, official);
+        for (message, fields) in OFFICIAL {
+            let m = file.message_by_package_relative_name(message).unwrap();
+            let got: Vec<(String, i32)> = m.fields().map(|f| (f.name().to_string(), f.number())).collect();
+            let want: Vec<(String, i32)> = fields.iter().map(|(n, i)| (n.to_string(), *i)).collect();
+            assert_eq!(got, want, "{message}");
+        }
+        let envs = file.message_by_package_relative_name("ContainerAllocateResponse").unwrap();
+        assert!(matches!(envs.field_by_name("envs").unwrap().runtime_field_type(), RuntimeFieldType::Map(..)));
+    }
+
+    #[test]
+    fn services_and_methods_match_the_official_api() {
+        let file = super::api::file_descriptor();
+        let services: Vec<(String, Vec<(String, String, String, bool)>)> = file
+            .proto()
+            .service
+            .iter()
+            .map(|s| {
+                let methods = s
+                    .method
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.name().to_string(),
+                            m.input_type().to_string(),
+                            m.output_type().to_string(),
+                            m.server_streaming(),
+                        )
+                    })
+                    .collect();
+                (s.name().to_string(), methods)
+            })
+            .collect();
+        let m =
+            |n: &str, i: &str, o: &str, s: bool| (n.to_string(), format!(".v1beta1.{i}"), format!(".v1beta1.{o}"), s);
+        assert_eq!(
+            services,
+            [
+                ("Registration".to_string(), vec![m("Register", "RegisterRequest", "Empty", false)]),
+                (
+                    "DevicePlugin".to_string(),
+                    vec![
+                        m("GetDevicePluginOptions", "Empty", "DevicePluginOptions", false),
+                        m("ListAndWatch", "Empty", "ListAndWatchResponse", true),
+                        m("GetPreferredAllocation", "PreferredAllocationRequest", "PreferredAllocationResponse", false),
+                        m("Allocate", "AllocateRequest", "AllocateResponse", false),
+                        m("PreStartContainer", "PreStartContainerRequest", "PreStartContainerResponse", false),
+                    ]
+                ),
+            ]
+        );
+        assert_eq!(super::METHOD_DEVICE_PLUGIN_ALLOCATE.name, "/v1beta1.DevicePlugin/Allocate");
+        assert_eq!(super::METHOD_REGISTRATION_REGISTER.name, "/v1beta1.Registration/Register");
+    }
+}

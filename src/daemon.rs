@@ -12,7 +12,7 @@ use crate::{api, kubelet};
 use crossbeam_channel::Sender;
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,33 +79,54 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
     result
 }
 
-/// Watch descriptors of the two directories we follow; `None` while a directory cannot be watched (yet).
+/// The two directories we follow. A directory that cannot be watched (yet) is retried every tick.
 #[derive(Default)]
 struct Watches {
-    plugins: Option<i32>,
-    dev: Option<i32>,
+    plugins: Watch,
+    dev: Watch,
+}
+
+#[derive(Default)]
+struct Watch {
+    wd: Option<i32>,
+    /// Whether the failure to watch was logged already: once per outage, not every tick.
+    warned: bool,
+}
+
+impl Watch {
+    fn is(&self, wd: i32) -> bool {
+        self.wd == Some(wd)
+    }
+
+    fn ensure(&mut self, inotify: &Inotify, dir: &Path) {
+        if self.wd.is_some() {
+            return;
+        }
+        match inotify.add(dir, watch::DIR_CHANGES) {
+            Ok(wd) => {
+                log::debug!("watching {}", dir.display());
+                self.wd = Some(wd);
+                self.warned = false;
+            }
+            Err(e) if !self.warned => {
+                log::warn!("cannot watch {}: {e}; checking it every scan interval instead", dir.display());
+                self.warned = true;
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn lost(&mut self, dir: &Path) {
+        log::warn!("{} went away; watching it again when it is back", dir.display());
+        self.wd = None;
+    }
 }
 
 impl Watches {
-    /// Adds the missing watches. Called at start and on every tick, so a directory that appears later (or
-    /// was recreated) is picked up.
     fn ensure(&mut self, inotify: &Inotify, settings: &Settings) {
-        let mut want = vec![(&mut self.plugins, &settings.device_plugin_path)];
+        self.plugins.ensure(inotify, &settings.device_plugin_path);
         if settings.backend.is_dynamic() {
-            want.push((&mut self.dev, &settings.roots.dev));
-        }
-        for (slot, dir) in want {
-            if slot.is_none() {
-                match inotify.add(dir, watch::DIR_CHANGES) {
-                    Ok(wd) => {
-                        log::debug!("watching {}", dir.display());
-                        *slot = Some(wd);
-                    }
-                    Err(e) => {
-                        log::warn!("cannot watch {}: {e}; checking it every scan interval instead", dir.display())
-                    }
-                }
-            }
+            self.dev.ensure(inotify, &settings.roots.dev);
         }
     }
 }
@@ -151,25 +172,22 @@ fn event_loop(
 
         for event in inotify.read() {
             if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
-                // The watched directory is gone; watch it again when it is back.
-                if watches.plugins == Some(event.wd) {
-                    log::warn!("{} went away", settings.device_plugin_path.display());
-                    watches.plugins = None;
-                } else if watches.dev == Some(event.wd) {
-                    log::warn!("{} went away", settings.roots.dev.display());
-                    watches.dev = None;
+                if watches.plugins.is(event.wd) {
+                    watches.plugins.lost(&settings.device_plugin_path);
+                } else if watches.dev.is(event.wd) {
+                    watches.dev.lost(&settings.roots.dev);
                 }
                 continue;
             }
             let appeared = event.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0;
             let vanished = event.mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0;
-            if Some(event.wd) == watches.plugins {
+            if watches.plugins.is(event.wd) {
                 if appeared && event.name == api::KUBELET_SOCKET {
                     let _ = events.send(Event::KubeletSocketCreated);
                 } else if vanished && event.name == own_socket {
                     let _ = events.send(Event::OwnSocketDeleted);
                 }
-            } else if Some(event.wd) == watches.dev && discovery::is_device_node_name(&event.name) {
+            } else if watches.dev.is(event.wd) && discovery::is_device_node_name(&event.name) {
                 log::debug!("{}/{} changed", settings.roots.dev.display(), event.name);
                 rescan = true;
             }

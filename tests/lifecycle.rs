@@ -256,3 +256,18 @@ fn a_kubelet_that_never_answers_is_timed_out_and_a_restart_is_not_held_up() {
     let reg = kubelet.wait_registration(1, WAIT).expect("registered after the restart");
     assert!(reg.at.duration_since(restarted) < Duration::from_secs(2), "{:?}", reg.at.duration_since(restarted));
 }
+
+#[test]
+fn a_missing_device_plugins_directory_is_waited_for() {
+    let node = SimNode::new().unwrap();
+    let parent = TempDir::new("kubelet").unwrap();
+    let dir = parent.path().join("device-plugins");
+    let p = aws_plugin(&dir, &node, &["--scan-interval", "100ms"]);
+    assert!(p.wait_log("cannot serve on", WAIT), "{}", p.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let kubelet = FakeKubelet::start(&dir).unwrap();
+    kubelet.wait_registration(1, WAIT).expect("registered once the directory and the kubelet appeared");
+    let log = p.log();
+    assert_eq!(log.matches("cannot watch").count(), 1, "warned once, not every tick:\n{log}");
+    assert_eq!(log.matches("[WARN] cannot serve on").count(), 1, "{log}");
+}
