@@ -87,11 +87,9 @@ impl SimNode {
         fme: Option<Fme>,
         ports: &[(u32, u32)],
     ) -> io::Result<Vec<PathBuf>> {
-        let function = self.pci_function(address, &numa_node.to_string())?;
-        let container = function.join(format!("fpga/intel-fpga-dev.{dev_index}"));
-        fs::create_dir_all(&container)?;
-        symlink_rel(&function, &container.join("device"))?;
-        symlink_rel(&container, &self.sysfs().join(format!("class/fpga/intel-fpga-dev.{dev_index}")))?;
+        let name = format!("intel-fpga-dev.{dev_index}");
+        let container =
+            self.class_device(address, numa_node, &format!("fpga/{name}"), &format!("class/fpga/{name}"))?;
         if let Some(fme) = fme {
             self.fme(&container.join(format!("intel-fpga-fme.{}", fme.instance)), fme, "intel-fpga-fme")?;
         }
@@ -108,11 +106,13 @@ impl SimNode {
         fme: Option<Fme>,
         ports: &[(u32, u32)],
     ) -> io::Result<Vec<PathBuf>> {
-        let function = self.pci_function(address, &numa_node.to_string())?;
-        let container = function.join(format!("fpga_region/region{region}"));
-        fs::create_dir_all(&container)?;
-        symlink_rel(&function, &container.join("device"))?;
-        symlink_rel(&container, &self.sysfs().join(format!("class/fpga_region/region{region}")))?;
+        let name = format!("region{region}");
+        let container = self.class_device(
+            address,
+            numa_node,
+            &format!("fpga_region/{name}"),
+            &format!("class/fpga_region/{name}"),
+        )?;
         if let Some(fme) = fme {
             let fme_dir = container.join(format!("dfl-fme.{}", fme.instance));
             self.fme(&fme_dir, fme, "dfl-fme")?;
@@ -122,6 +122,16 @@ impl SimNode {
             symlink_rel(&pr_region, &self.sysfs().join(format!("class/fpga_region/region{}", region + 100)))?;
         }
         ports.iter().map(|&(k, id)| self.port(&container, &format!("dfl-port.{k}"), id)).collect()
+    }
+
+    /// A class device below a PCI function (`<fn>/<below>`, with its `device` link) and its class link.
+    fn class_device(&self, address: &str, numa_node: i64, below: &str, class_link: &str) -> io::Result<PathBuf> {
+        let function = self.pci_function(address, &numa_node.to_string())?;
+        let dir = function.join(below);
+        fs::create_dir_all(&dir)?;
+        symlink_rel(&function, &dir.join("device"))?;
+        symlink_rel(&dir, &self.sysfs().join(class_link))?;
+        Ok(dir)
     }
 
     /// Marks `vf` as a virtual function of `pf` (`physfn` / `virtfn<index>` links).
