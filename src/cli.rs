@@ -9,8 +9,13 @@ use std::time::Duration;
 
 pub const USAGE: &str = "\
 Usage: k8s-accelerator-devplugin [OPTIONS]
+       k8s-accelerator-devplugin probe [OPTIONS]
 
 Advertises FPGA accelerators to the kubelet (device plugin API v1beta1).
+
+probe: liveness check. Calls GetDevicePluginOptions on the socket of the plugin running with the same
+--device-plugin-path and --resource-name; exits 0 if it answers within 3 s, 1 otherwise. It accepts all
+the options below, so a probe can repeat the plugin's own arguments.
 
 Options:
   --backend intel|aws          What to advertise [default: intel if <sysfs-root>/class/fpga or
@@ -82,6 +87,7 @@ impl Default for Options {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Run(Options),
+    Probe(Options),
     Help,
     Version,
 }
@@ -100,7 +106,9 @@ impl std::fmt::Display for UsageError {
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
     use lexopt::prelude::*;
     let mut opts = Options::default();
-    let mut parser = lexopt::Parser::from_args(args.into_iter().map(single_dash_to_double));
+    let mut args = args.into_iter().peekable();
+    let probe = args.next_if(|a| a == "probe").is_some();
+    let mut parser = lexopt::Parser::from_args(args.map(single_dash_to_double));
     while let Some(arg) = parser.next().map_err(|e| UsageError(e.to_string()))? {
         let flag = match &arg {
             Long(name) => format!("--{name}"),
@@ -161,7 +169,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             _ => return Err(UsageError(format!("unknown option {flag}"))),
         }
     }
-    Ok(Command::Run(opts))
+    Ok(if probe { Command::Probe(opts) } else { Command::Run(opts) })
 }
 
 /// `-accel-nbunits` → `--accel-nbunits` (also with `=value`); anything else is left as it is.
@@ -260,6 +268,10 @@ mod tests {
         assert_eq!(run(&[]).unwrap(), Options::default());
         assert_eq!(parse(["-help".into()]), Ok(Command::Help));
         assert_eq!(run(&["--log-file", "-"]).unwrap().log_file, None);
+        match parse(["probe", "-device-plugin-path", "/x"].map(OsString::from)) {
+            Ok(Command::Probe(o)) => assert_eq!(o.device_plugin_path, PathBuf::from("/x")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

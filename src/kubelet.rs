@@ -13,7 +13,7 @@ pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Our sockets are named `<PREFIX><resource name with / as _>.sock`, so that stale ones from an earlier run
 /// can be told from other plugins' sockets.
-pub const SOCKET_PREFIX: &str = "k8s-accelerator-devplugin-";
+pub const SOCKET_PREFIX: &str = "k8s-accel-";
 
 pub fn socket_name(resource_name: &str) -> String {
     format!("{SOCKET_PREFIX}{}.sock", resource_name.replace('/', "_"))

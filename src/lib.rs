@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod logging;
+pub mod probe;
 pub mod registry;
 pub mod server;
 pub mod sim;

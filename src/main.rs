@@ -1,12 +1,24 @@
 use k8s_accelerator_devplugin::cli::{self, BackendChoice, Command};
 use k8s_accelerator_devplugin::daemon::{self, Settings};
 use k8s_accelerator_devplugin::discovery::{Backend, Roots};
-use k8s_accelerator_devplugin::{control, logging};
+use k8s_accelerator_devplugin::{control, logging, probe};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let options = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(options)) => options,
+        Ok(Command::Probe(options)) => {
+            return match probe::probe(&options.device_plugin_path, &options.resource_name) {
+                Ok(answer) => {
+                    println!("ok: {answer}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("k8s-accelerator-devplugin probe: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
             return ExitCode::SUCCESS;

@@ -3,13 +3,12 @@
 
 mod common;
 
-use common::{sockets, wait_until, Plugin, BIN, WAIT};
+use common::{command, sockets, wait_until, Plugin, WAIT};
 use k8s_accelerator_devplugin::sim::{Behavior, FakeKubelet, SimNode, TempDir};
 use std::os::unix::net::UnixListener;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-const SOCKET: &str = "k8s-accelerator-devplugin-b-com.com_accelerator.sock";
+const SOCKET: &str = "k8s-accel-b-com.com_accelerator.sock";
 
 fn aws_plugin(dir: &std::path::Path, node: &SimNode, extra: &[&str]) -> Plugin {
     let mut args = vec!["--backend", "aws", "--accel-nbunits", "2"];
@@ -31,8 +30,7 @@ fn every_kubelet_restart_ends_registered_with_one_socket() {
         assert_eq!(reg.request.endpoint, SOCKET);
         kubelet.wait_devices(WAIT, |d| d.len() == 2).expect("the list after re-registering");
         assert!(
-            wait_until(WAIT, || sockets(dir.path())
-                == ["k8s-accelerator-devplugin-b-com.com_accelerator.sock", "kubelet.sock"]),
+            wait_until(WAIT, || sockets(dir.path()) == ["k8s-accel-b-com.com_accelerator.sock", "kubelet.sock"]),
             "round {round}: {:?}",
             sockets(dir.path())
         );
@@ -147,21 +145,16 @@ fn stale_sockets_of_ours_are_removed_and_live_ones_are_left_alone() {
     let node = SimNode::new().unwrap();
     let dir = TempDir::new("kubelet").unwrap();
     // A socket nobody listens on, left by a killed run of ours with another resource name.
-    drop(UnixListener::bind(dir.path().join("k8s-accelerator-devplugin-example.com_old.sock")).unwrap());
+    drop(UnixListener::bind(dir.path().join("k8s-accel-example.com_old.sock")).unwrap());
     // Live sockets: another plugin's, and another instance of ours for another resource.
     let _other = UnixListener::bind(dir.path().join("nvidia-gpu.sock")).unwrap();
-    let _sibling = UnixListener::bind(dir.path().join("k8s-accelerator-devplugin-example.com_live.sock")).unwrap();
+    let _sibling = UnixListener::bind(dir.path().join("k8s-accel-example.com_live.sock")).unwrap();
     let kubelet = FakeKubelet::start(dir.path()).unwrap();
     let p = aws_plugin(dir.path(), &node, &[]);
     kubelet.wait_registration(1, WAIT).unwrap();
     assert_eq!(
         sockets(dir.path()),
-        [
-            "k8s-accelerator-devplugin-b-com.com_accelerator.sock",
-            "k8s-accelerator-devplugin-example.com_live.sock",
-            "kubelet.sock",
-            "nvidia-gpu.sock"
-        ]
+        ["k8s-accel-b-com.com_accelerator.sock", "k8s-accel-example.com_live.sock", "kubelet.sock", "nvidia-gpu.sock"]
     );
     assert!(p.log().contains("removed stale socket"), "{}", p.log());
 }
@@ -212,13 +205,13 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
         (&["--bogus"], "--bogus"),
         (&["--device-plugin-path"], "--device-plugin-path"),
     ] {
-        let out = Command::new(BIN).args(args).output().unwrap();
+        let out = command(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
-    let help = Command::new(BIN).arg("-help").output().unwrap();
+    let help = command(&["-help"]).output().unwrap();
     assert_eq!(help.status.code(), Some(0));
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in [
@@ -234,7 +227,7 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
-    let version = Command::new(BIN).arg("--version").output().unwrap();
+    let version = command(&["--version"]).output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("k8s-accelerator-devplugin "));
 }
 
@@ -270,4 +263,40 @@ fn a_missing_device_plugins_directory_is_waited_for() {
     let log = p.log();
     assert_eq!(log.matches("cannot watch").count(), 1, "warned once, not every tick:\n{log}");
     assert_eq!(log.matches("[WARN] cannot serve on").count(), 1, "{log}");
+}
+
+#[test]
+fn probe_succeeds_against_a_running_plugin_and_fails_otherwise() {
+    let node = SimNode::new().unwrap();
+    let dir = TempDir::new("kubelet").unwrap();
+    let probe = |extra: &[&str]| {
+        let mut args = vec!["probe", "-device-plugin-path", dir.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = command(&args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, text) = probe(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("does not exist"), "{text}");
+
+    let kubelet = FakeKubelet::start(dir.path()).unwrap();
+    let mut p = aws_plugin(dir.path(), &node, &[]);
+    kubelet.wait_registration(1, WAIT).unwrap();
+    let (code, text) = probe(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("ok: "), "{text}");
+    // Another resource name is another socket.
+    let (code, _) = probe(&["--resource-name", "example.com/other"]);
+    assert_eq!(code, Some(1));
+
+    // A socket file nobody answers on (a plugin that hangs or died without cleaning up).
+    p.signal(libc::SIGSTOP);
+    let (code, text) = probe(&[]);
+    p.signal(libc::SIGCONT);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("does not answer"), "{text}");
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
+    let (code, _) = probe(&[]);
+    assert_eq!(code, Some(1));
 }

@@ -70,7 +70,7 @@ fn registers_with_options_serves_first_and_lists_aws_units() {
     let reg = s.kubelet.wait_registration(1, WAIT).expect("a Register call");
     assert_eq!(reg.request.version, "v1beta1");
     assert_eq!(reg.request.resource_name, "b-com.com/accelerator");
-    assert_eq!(reg.request.endpoint, "k8s-accelerator-devplugin-b-com.com_accelerator.sock");
+    assert_eq!(reg.request.endpoint, "k8s-accel-b-com.com_accelerator.sock");
     assert!(s.kubelet.dir().join(&reg.request.endpoint).exists());
     // The kubelet called GetDevicePluginOptions inside Register: we were already serving.
     let options = reg.options.expect("GetDevicePluginOptions answered during Register");

@@ -9,6 +9,32 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_k8s-accelerator-devplugin");
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The plugin binary to run. By default the one cargo built for these tests; CI also runs a subset of the
+/// tests against the static release binary inside an empty chroot:
+/// - `K8S_ACCEL_TEST_BIN`: another binary;
+/// - `K8S_ACCEL_TEST_CHROOT=<root>`: run `chroot <root> /k8s-accelerator-devplugin` instead (the binary must
+///   be there, and TMPDIR inside `<root>` so that the tests' temp dirs are visible to it); arguments that
+///   are paths under `<root>` are passed relative to it.
+pub fn command<S: AsRef<str>>(args: &[S]) -> Command {
+    match std::env::var_os("K8S_ACCEL_TEST_CHROOT") {
+        Some(root) => {
+            let root = root.to_string_lossy().trim_end_matches('/').to_string();
+            let mut c = Command::new("chroot");
+            c.arg(&root).arg("/k8s-accelerator-devplugin");
+            c.args(args.iter().map(|a| match a.as_ref().strip_prefix(&root) {
+                Some(inside) if inside.starts_with('/') => inside.to_string(),
+                _ => a.as_ref().to_string(),
+            }));
+            c
+        }
+        None => {
+            let mut c = Command::new(std::env::var("K8S_ACCEL_TEST_BIN").unwrap_or_else(|_| BIN.to_string()));
+            c.args(args.iter().map(AsRef::as_ref));
+            c
+        }
+    }
+}
+
 /// The plugin binary running in the background, its stderr kept in a file for assertions and for
 /// diagnosing failures.
 pub struct Plugin {
@@ -22,8 +48,7 @@ impl Plugin {
         let logs = TempDir::new("pluginlog").expect("temp dir");
         let log = logs.path().join("stderr.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .args(args)
+        let child = command(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

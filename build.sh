@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Builds k8s-accelerator-devplugin.
+#
+#   ./build.sh static             the static musl binary, on this host, no docker
+#   ./build.sh image [-t NAME]    the container image in two stages, for docker without multi-stage builds
+#
+# Run ./build.sh --help for the options.
+set -euo pipefail
+
+readonly TARGET=x86_64-unknown-linux-musl
+readonly BINARY=k8s-accelerator-devplugin
+DEFAULT_IMAGE=accelerator-device-plugin:latest
+
+usage() {
+    cat <<USAGE
+Usage: ./build.sh [static | image [-t|--tag NAME:TAG]] [-h|--help]
+
+  static   Build the fully static binary on this host:
+             target/$TARGET/release/$BINARY
+           Needs cmake, g++, make, python3 (with venv) and rustup. Adds the Rust target $TARGET
+           and installs the PyPI packages ziglang and cargo-zigbuild in a virtualenv under ~/.cache
+           (or \$ZIG_VENV): zig is the C/C++ compiler for musl that gRPC's C++ core needs and Debian's
+           musl-tools lacks.
+
+  image    Build the container image without multi-stage support (docker < 17.05, no BuildKit):
+             stage 1: Dockerfile.build builds the static binary with "./build.sh static" in a builder image;
+             the binary is copied out with docker container create / docker cp;
+             stage 2: Dockerfile copies it into a FROM scratch image.
+           -t, --tag NAME:TAG   image name [default: $DEFAULT_IMAGE]
+
+With no subcommand: image.
+USAGE
+}
+
+die() {
+    echo "build.sh: $*" >&2
+    exit 2
+}
+
+build_static() {
+    command -v cargo >/dev/null || die "cargo is not installed"
+    rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
+    # zig and cargo-zigbuild live in a virtualenv of their own: nothing is installed system-wide.
+    local venv="${ZIG_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-accelerator-devplugin/zig-venv}"
+    if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet ziglang==0.17.0 cargo-zigbuild==0.24.0
+    fi
+    PATH="$venv/bin:$PATH"
+    export PATH
+    # gRPC's C core under zig's clang and musl:
+    # - _LARGEFILE64_SOURCE: abseil uses off64_t, which newer musl declares only with this macro;
+    # - ABSL_RANDOM_USE_GET_ENTROPY=1: abseil seeds from getentropy(2) instead of opening /dev/urandom,
+    #   which does not exist in a FROM scratch image or an empty chroot (the server would abort on its first
+    #   connection);
+    # - -Wno-missing-template-arg-list-after-template-kw: newer clang rejects a `template` keyword in
+    #   gRPC 1.56's basic_seq.h that g++ accepts.
+    export CFLAGS_x86_64_unknown_linux_musl="-D_LARGEFILE64_SOURCE"
+    export CXXFLAGS_x86_64_unknown_linux_musl="-D_LARGEFILE64_SOURCE -DABSL_RANDOM_USE_GET_ENTROPY=1 -Wno-missing-template-arg-list-after-template-kw"
+    cargo zigbuild --locked --release --target "$TARGET" --bin "$BINARY"
+    local out="${CARGO_TARGET_DIR:-target}/$TARGET/release/$BINARY"
+    echo "built $out ($(stat -c %s "$out") bytes)"
+}
+
+# Removes the temporary container and directory of build_image, whether it succeeded or not.
+cleanup() {
+    if [ -n "${container:-}" ]; then docker rm -f "$container" >/dev/null 2>&1 || true; fi
+    if [ -n "${workdir:-}" ]; then rm -rf "$workdir"; fi
+}
+
+build_image() {
+    local tag=$DEFAULT_IMAGE
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            -t | --tag)
+                [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"
+                tag=$2
+                shift 2
+                ;;
+            --tag=*)
+                tag=${1#--tag=}
+                [ -n "$tag" ] || die "--tag needs a value"
+                shift
+                ;;
+            *) die "unknown option $1 (see --help)" ;;
+        esac
+    done
+    command -v docker >/dev/null || die "docker is not installed"
+
+    local builder="$tag-builder"
+    builder=${builder//:/-}
+    # Globals, not locals: the EXIT trap runs after this function has returned.
+    workdir=$(mktemp -d)
+    container=""
+    trap cleanup EXIT
+
+    echo "stage 1: building the static binary in $builder"
+    docker build -f Dockerfile.build -t "$builder" .
+    container=$(docker container create "$builder")
+    docker cp "$container:/src/target/$TARGET/release/$BINARY" "$workdir/$BINARY"
+    docker rm -f "$container" >/dev/null
+    container=""
+
+    echo "stage 2: building $tag from scratch"
+    cp Dockerfile "$workdir/Dockerfile"
+    docker build -t "$tag" "$workdir"
+    echo "built $tag"
+}
+
+main() {
+    local command=image
+    case "${1:-}" in
+        -h | --help)
+            usage
+            return 0
+            ;;
+        static | image)
+            command=$1
+            shift
+            ;;
+        "") ;;
+        -*) ;;
+        *) die "unknown subcommand $1 (see --help)" ;;
+    esac
+    case "$command" in
+        static)
+            [ $# -eq 0 ] || die "static takes no options"
+            build_static
+            ;;
+        image) build_image "$@" ;;
+    esac
+}
+
+cd "$(dirname "$0")"
+main "$@"

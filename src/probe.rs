@@ -1,0 +1,29 @@
+//! `k8s-accelerator-devplugin probe`: a liveness check that needs nothing but the binary itself, so that it
+//! works in a FROM scratch image. It calls GetDevicePluginOptions on the running plugin's socket.
+
+use crate::{api, kubelet};
+use grpcio::{CallOption, ChannelBuilder, EnvBuilder};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Ok with a description of the answer, or why the plugin is not healthy.
+pub fn probe(device_plugin_path: &Path, resource_name: &str) -> Result<String, String> {
+    let socket = device_plugin_path.join(kubelet::socket_name(resource_name));
+    if !socket.exists() {
+        return Err(format!("{} does not exist", socket.display()));
+    }
+    let env = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("probe").build());
+    let channel = ChannelBuilder::new(env).connect(&format!("unix:{}", socket.display()));
+    let client = api::DevicePluginClient::new(channel);
+    match client.get_device_plugin_options_opt(&api::Empty::new(), CallOption::default().timeout(TIMEOUT)) {
+        Ok(o) => Ok(format!(
+            "{} answers GetDevicePluginOptions (get_preferred_allocation_available={})",
+            socket.display(),
+            o.get_preferred_allocation_available
+        )),
+        Err(e) => Err(format!("{} does not answer GetDevicePluginOptions: {e}", socket.display())),
+    }
+}

@@ -1,0 +1,116 @@
+//! build.sh's argument handling and its two-stage image flow, with a stand-in `docker` that records what
+//! it is asked to do (no docker engine is needed).
+
+use k8s_accelerator_devplugin::sim::TempDir;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const FAKE_DOCKER: &str = r#"#!/usr/bin/env bash
+# Records every call; plays the parts of docker that build.sh uses.
+echo "docker $*" >> "$FAKE_DOCKER_LOG"
+case "$1" in
+    build)
+        # The last argument is the context; stage 2's must hold the binary and the Dockerfile.
+        ctx="${*: -1}"
+        if [ "$ctx" != "." ]; then
+            [ -x "$ctx/k8s-accelerator-devplugin" ] && [ -f "$ctx/Dockerfile" ] || { echo "bad context" >&2; exit 1; }
+        fi
+        ;;
+    container) echo "c0ffee" ;;
+    cp)
+        [ "${FAKE_DOCKER_FAIL:-}" = cp ] && { echo "no such file" >&2; exit 1; }
+        printf '#!/bin/true\n' > "$3" && chmod +x "$3"
+        ;;
+    rm) ;;
+    *) echo "unexpected docker call: $*" >&2; exit 1 ;;
+esac
+"#;
+
+struct Fake {
+    dir: TempDir,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        let dir = TempDir::new("fakedocker").unwrap();
+        let docker = dir.path().join("docker");
+        std::fs::write(&docker, FAKE_DOCKER).unwrap();
+        std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Fake { dir }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("calls.log")
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let path = format!("{}:{}", self.dir.path().display(), std::env::var("PATH").unwrap_or_default());
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
+            .args(args)
+            .env("PATH", path)
+            .env("FAKE_DOCKER_LOG", self.log_path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn help_and_bad_arguments() {
+    let fake = Fake::new();
+    let out = fake.run(&["--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    for word in ["static", "image", "--tag", "Dockerfile.build", "FROM scratch"] {
+        assert!(text(&out).contains(word), "help lacks {word}");
+    }
+    for (args, needle) in [
+        (&["frobnicate"][..], "unknown subcommand frobnicate"),
+        (&["image", "--bogus"], "unknown option --bogus"),
+        (&["image", "--tag"], "--tag needs a value"),
+        (&["image", "--tag="], "--tag needs a value"),
+        (&["static", "--tag", "x"], "static takes no options"),
+    ] {
+        let out = fake.run(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(needle), "{args:?}: {}", text(&out));
+    }
+    assert!(fake.calls().is_empty(), "no docker call on bad arguments: {:?}", fake.calls());
+}
+
+#[test]
+fn image_builds_in_two_stages_and_removes_its_container() {
+    let fake = Fake::new();
+    let out = fake.run(&["image", "--tag", "registry.example/plugin:1.2"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 5, "{calls:#?}");
+    assert_eq!(calls[0], "docker build -f Dockerfile.build -t registry.example/plugin-1.2-builder .");
+    assert_eq!(calls[1], "docker container create registry.example/plugin-1.2-builder");
+    assert!(calls[2]
+        .starts_with("docker cp c0ffee:/src/target/x86_64-unknown-linux-musl/release/k8s-accelerator-devplugin "));
+    assert_eq!(calls[3], "docker rm -f c0ffee");
+    assert!(calls[4].starts_with("docker build -t registry.example/plugin:1.2 /"), "{}", calls[4]);
+    let context = calls[4].rsplit(' ').next().unwrap();
+    assert!(!Path::new(context).exists(), "the stage-2 context {context} is removed");
+}
+
+#[test]
+fn a_failed_copy_still_removes_the_temporary_container() {
+    let fake = Fake::new();
+    let out = fake.run(&[], &[("FAKE_DOCKER_FAIL", "cp")]);
+    assert_ne!(out.status.code(), Some(0));
+    let calls = fake.calls();
+    assert_eq!(calls[0], "docker build -f Dockerfile.build -t accelerator-device-plugin-latest-builder .");
+    assert_eq!(calls.last().map(String::as_str), Some("docker rm -f c0ffee"), "{calls:#?}");
+    assert!(!calls.iter().any(|c| c.starts_with("docker build -t")), "no stage 2 after a failure: {calls:#?}");
+}
