@@ -6,18 +6,32 @@
 //! (`lifecycle`) keeps the kubelet aware of us; `daemon` runs the whole thing. `sim` is a simulated node and
 //! kubelet, used by the tests and the demo.
 
-pub mod allocation;
-pub mod api;
+// Always built: no gRPC, fuzzable.
 pub mod cli;
-pub mod control;
-pub mod daemon;
 pub mod device;
 pub mod discovery;
+
+#[cfg(feature = "grpc")]
+pub mod allocation;
+#[cfg(feature = "grpc")]
+pub mod api;
+#[cfg(feature = "grpc")]
+pub mod control;
+#[cfg(feature = "grpc")]
+pub mod daemon;
+#[cfg(feature = "grpc")]
 pub mod kubelet;
+#[cfg(feature = "grpc")]
 pub mod lifecycle;
+#[cfg(feature = "grpc")]
 pub mod logging;
+#[cfg(feature = "grpc")]
 pub mod probe;
+#[cfg(feature = "grpc")]
 pub mod registry;
+#[cfg(feature = "grpc")]
 pub mod server;
+#[cfg(feature = "grpc")]
 pub mod sim;
+#[cfg(feature = "grpc")]
 pub mod watch;

@@ -178,3 +178,25 @@ fn no_driver_means_aws_and_aws_units_are_numbered() {
     assert_eq!(Backend::detect(&node.sysfs(), 3), Backend::Intel);
     assert!(scan(&node).devices.is_empty());
 }
+
+#[test]
+fn a_character_device_with_another_number_is_not_the_port() {
+    let node = SimNode::new().unwrap();
+    node.dfl_card("0000:3b:00.0", 0, 0, None, &[(0, 0)]).unwrap();
+    // SimNode writes the port's sysfs `dev` as 510:<id>; replace its stand-in node with real device nodes.
+    let path = node.dev().join("dfl-port.0");
+    let mknod = |major: u32, minor: u32| {
+        let _ = fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(major, minor)) == 0 }
+    };
+    if !mknod(510, 0) {
+        // Creating device nodes needs CAP_MKNOD (CI runs as root, where this test does its work).
+        eprintln!("skipping: mknod: {}", std::io::Error::last_os_error());
+        return;
+    }
+    assert_eq!(scan(&node).devices[0].health, Health::Healthy);
+    assert!(mknod(510, 7));
+    assert!(matches!(&scan(&node).devices[0].health, Health::Unhealthy(why) if why.contains("510:7")));
+}

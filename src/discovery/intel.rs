@@ -11,6 +11,7 @@ use super::Scan;
 use crate::device::{DevNode, Device, Health, MAX_ID_LEN};
 use std::collections::{BTreeMap, HashSet};
 use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// One driver layout: where its class entries are and how its ports and FMEs are named.
@@ -190,8 +191,23 @@ fn numa_node(function_dir: &Path, problems: &mut Vec<String>) -> Option<i64> {
 /// A port is unhealthy when its device node is missing, when an error is latched in `errors/errors`, or
 /// when no AFU is loaded (`afu_id` all `f`). A transient read error leaves the health unknown.
 fn port_health(port_dir: &Path, node: &Path) -> Health {
-    if std::fs::symlink_metadata(node).is_err() {
-        return Health::Unhealthy(format!("device node {} is missing", node.display()));
+    let meta = match std::fs::metadata(node) {
+        Ok(meta) => meta,
+        Err(_) => return Health::Unhealthy(format!("device node {} is missing", node.display())),
+    };
+    // A character device left over from an earlier driver load can carry the right name and the wrong
+    // number: then it is not this port.
+    if meta.file_type().is_char_device() {
+        if let Some((major, minor)) = sysfs::read_attr(&port_dir.join("dev")).ok().and_then(|s| sysfs::parse_dev(&s)) {
+            let rdev = meta.rdev();
+            let (node_major, node_minor) = (libc::major(rdev), libc::minor(rdev));
+            if (node_major, node_minor) != (major, minor) {
+                return Health::Unhealthy(format!(
+                    "device node {} is {node_major}:{node_minor}, the port is {major}:{minor}",
+                    node.display()
+                ));
+            }
+        }
     }
     let mut unknown = None;
     let errors = port_dir.join("errors/errors");

@@ -90,6 +90,19 @@ pub fn parse_small_uint(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
+/// `dev`: `"major:minor\n"`, the device number of the node the driver created.
+pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
+    let (major, minor) = s.trim().split_once(':')?;
+    let number = |t: &str| {
+        if !t.is_empty() && t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit()) {
+            t.parse().ok()
+        } else {
+            None
+        }
+    };
+    Some((number(major)?, number(minor)?))
+}
+
 /// Reads a sysfs attribute.
 pub fn read_attr(path: &Path) -> io::Result<String> {
     std::fs::read_to_string(path)
@@ -151,6 +164,10 @@ mod tests {
         assert_eq!(parse_error_bits("0x"), None);
         assert_eq!(parse_error_bits("0x10000000000000000"), None);
         assert_eq!(parse_error_bits("oops"), None);
+        assert_eq!(parse_dev("510:3\n"), Some((510, 3)));
+        for bad in ["510", "510:", ":3", "a:b", "510:3:1", "-1:3", "99999999999:0"] {
+            assert_eq!(parse_dev(bad), None, "{bad}");
+        }
         assert_eq!(parse_small_uint("2\n"), Some(2));
         assert_eq!(parse_small_uint("-1"), None);
         assert_eq!(parse_small_uint("+1"), None);
