@@ -55,6 +55,12 @@ struct Function {
 
 pub fn scan(sys: &Path, dev: &Path) -> Scan {
     let mut scan = Scan::default();
+    for (root, consequence) in [(sys, "no Intel FPGA port can be found"), (dev, "every port's device node is missing")]
+    {
+        if !root.is_dir() {
+            scan.problems.push(format!("{} does not exist: {consequence}", root.display()));
+        }
+    }
     let mut functions: BTreeMap<PciAddress, Function> = BTreeMap::new();
     let mut seen = HashSet::new();
     for layout in [&OPAE, &DFL] {
