@@ -34,6 +34,11 @@ pub enum Event {
     Shutdown,
 }
 
+/// A kubelet restart is a burst of events (streams cut, sockets deleted, kubelet.sock created): they are
+/// gathered for this long and answered with one restart. Restarting once per event would replace our socket
+/// while the kubelet may be dialing it, and a failed dial costs a kubelet a second of reconnect backoff.
+const SETTLE: Duration = Duration::from_millis(15);
+
 /// Backoff between failed attempts while the kubelet is absent or refuses us.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -58,6 +63,8 @@ struct Lifecycle {
     retry_in: Duration,
     /// When to try again after a failure.
     retry_at: Option<Instant>,
+    /// A restart asked for, with its first reason: done when the burst of events has settled.
+    restart_at: Option<(Instant, &'static str)>,
     /// Failures in a row, to log the first at info and the rest at debug.
     failures: u32,
     /// Inode of the kubelet.sock we registered with.
@@ -85,6 +92,7 @@ pub fn spawn(
         attempt: 0,
         retry_in: FIRST_RETRY,
         retry_at: None,
+        restart_at: None,
         failures: 0,
         registered_with: None,
     };
@@ -106,6 +114,7 @@ impl Lifecycle {
         self.restart("starting");
         loop {
             let timer = self.retry_at.map(at).unwrap_or_else(never);
+            let settled = self.restart_at.map(|(when, _)| at(when)).unwrap_or_else(never);
             select! {
                 recv(events) -> event => match event {
                     Ok(Event::Shutdown) | Err(_) => break,
@@ -114,6 +123,11 @@ impl Lifecycle {
                 recv(results) -> result => {
                     if let Ok((attempt, result)) = result {
                         self.registered(attempt, result);
+                    }
+                },
+                recv(settled) -> _ => {
+                    if let Some((_, why)) = self.restart_at.take() {
+                        self.restart(why);
                     }
                 },
                 recv(timer) -> _ => {
@@ -134,18 +148,18 @@ impl Lifecycle {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::KubeletSocketCreated => self.restart("kubelet.sock was created: the kubelet restarted"),
+            Event::KubeletSocketCreated => self.schedule_restart("kubelet.sock was created: the kubelet restarted"),
             Event::OwnSocketDeleted => {
                 // Our own restarts delete the old socket too; only a socket that is really gone matters.
                 if !self.server.as_ref().is_some_and(PluginServer::socket_intact) {
-                    self.restart("our socket was deleted");
+                    self.schedule_restart("our socket was deleted");
                 }
             }
             Event::StreamsGone { generation } if generation == self.generation => {
-                self.restart("the kubelet closed its last ListAndWatch stream")
+                self.schedule_restart("the kubelet closed its last ListAndWatch stream")
             }
             Event::StreamsGone { .. } => {}
-            Event::Reregister => self.restart("SIGHUP"),
+            Event::Reregister => self.schedule_restart("SIGHUP"),
             Event::Tick => self.check(),
             Event::Shutdown => {}
         }
@@ -155,18 +169,25 @@ impl Lifecycle {
     fn check(&mut self) {
         if let Some(server) = &self.server {
             if !server.socket_intact() {
-                return self.restart("our socket is gone");
+                return self.schedule_restart("our socket is gone");
             }
         }
         if let (Some(registered), Ok(meta)) = (self.registered_with, std::fs::metadata(self.kubelet_socket())) {
             if meta.ino() != registered {
-                self.restart("kubelet.sock was replaced: the kubelet restarted");
+                self.schedule_restart("kubelet.sock was replaced: the kubelet restarted");
             }
+        }
+    }
+
+    fn schedule_restart(&mut self, why: &'static str) {
+        if self.restart_at.is_none() {
+            self.restart_at = Some((Instant::now() + SETTLE, why));
         }
     }
 
     /// Serves on a fresh socket, then registers (the kubelet dials us during Register).
     fn restart(&mut self, why: &str) {
+        self.restart_at = None;
         if let Some(server) = self.server.take() {
             server.stop();
         }

@@ -115,23 +115,20 @@ fn hotplug_churn_ends_with_exactly_the_final_tree() {
         NoNode,
     }
     let mut state = [State::Absent; 8];
-    let mut dirs: Vec<Option<std::path::PathBuf>> = vec![None; 8];
     let mut rng = Lcg(42);
     for _ in 0..200 {
         let i = rng.next(8) as usize;
         let name = format!("dfl-port.{i}");
         match state[i] {
             State::Absent => {
-                let d = node
-                    .dfl_card(
-                        &format!("0000:{:02x}:00.0", 0x20 + i),
-                        0,
-                        i as u32,
-                        Some(Fme { instance: i as u32, ports_num: 1 }),
-                        &[(i as u32, 0)],
-                    )
-                    .unwrap();
-                dirs[i] = Some(d.into_iter().next().unwrap());
+                node.dfl_card(
+                    &format!("0000:{:02x}:00.0", 0x20 + i),
+                    0,
+                    i as u32,
+                    Some(Fme { instance: i as u32, ports_num: 1 }),
+                    &[(i as u32, 0)],
+                )
+                .unwrap();
                 state[i] = State::Healthy;
             }
             State::Healthy if rng.next(2) == 0 => {
@@ -143,14 +140,8 @@ fn hotplug_churn_ends_with_exactly_the_final_tree() {
                 state[i] = State::Healthy;
             }
             State::Healthy | State::NoNode => {
-                // The card goes away entirely: its function directory, class link and nodes.
-                let port = dirs[i].take().unwrap();
-                let function = port.ancestors().nth(3).unwrap().to_path_buf();
-                std::fs::remove_file(node.sysfs().join(format!("class/fpga_region/region{i}"))).unwrap();
-                std::fs::remove_file(node.sysfs().join(format!("class/fpga_region/region{}", i + 100))).unwrap();
-                std::fs::remove_dir_all(function).unwrap();
-                let _ = node.remove_node(&name);
-                let _ = node.remove_node(&format!("dfl-fme.{i}"));
+                // The card goes away entirely: its function directory, class links and nodes.
+                node.remove_function(&format!("0000:{:02x}:00.0", 0x20 + i)).unwrap();
                 state[i] = State::Absent;
             }
         }

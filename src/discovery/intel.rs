@@ -42,12 +42,12 @@ struct Port {
     dir: PathBuf,
     /// `intel-fpga-port.K` / `dfl-port.K`: also the name of its device node.
     name: String,
-    function_dir: PathBuf,
 }
 
 /// All ports of one PCI function.
 #[derive(Default)]
 struct Function {
+    dir: PathBuf,
     ports: Vec<Port>,
     /// `ports_num` of the function's FME, if it has one (a VF has none).
     fme_ports: Option<u32>,
@@ -68,10 +68,11 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
     }
     for (address, function) in functions {
         let multi = function.ports.len() > 1 || function.fme_ports.is_some_and(|n| n > 1);
+        let numa_node = numa_node(&function.dir, &mut scan.problems);
         let mut ids = HashSet::new();
         for port in function.ports {
             let id = if multi {
-                match read_port_id(&port.dir) {
+                match sysfs::read_attr(&port.dir.join("id")).ok().and_then(|s| sysfs::parse_small_uint(&s)) {
                     Some(n) => format!("{address}-{n}"),
                     None => {
                         scan.problems.push(format!(
@@ -95,7 +96,7 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
             let host_path = dev.join(&port.name);
             let device = Device {
                 health: port_health(&port.dir, &host_path),
-                numa_node: numa_node(&port.function_dir, &mut scan.problems),
+                numa_node,
                 node: Some(DevNode {
                     host_path: host_path.to_string_lossy().into_owned(),
                     container_path: format!("/dev/{}", port.name),
@@ -118,16 +119,28 @@ fn collect(
 ) {
     let class_dir = sys.join(layout.class_dir);
     for entry in entries_with_prefix(&class_dir, layout.entry_prefix, problems) {
-        let real = match std::fs::canonicalize(&entry) {
+        let real = match sysfs::resolve_link(&entry) {
             Ok(real) => real,
             Err(e) => {
                 problems.push(format!("skipping {}: cannot resolve it: {e}", entry.display()));
                 continue;
             }
         };
+        // The partial-reconfiguration regions of a DFL FME (…/dfl-fme.M/dfl-fme-region.X/fpga_region/regionY)
+        // never hold ports: skip them without listing them.
+        if real.components().any(|c| c.as_os_str().to_str().is_some_and(|n| n.starts_with(layout.fme_prefix))) {
+            continue;
+        }
+        let children = match sorted_entries(&real) {
+            Ok(children) => children,
+            Err(e) => {
+                problems.push(format!("skipping {}: it points to {}: {e}", entry.display(), real.display()));
+                continue;
+            }
+        };
         let mut ports = Vec::new();
         let mut fme_ports = None;
-        for child in entries_with_prefix(&real, "", problems) {
+        for child in children {
             let Some(name) = child.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                 continue;
             };
@@ -154,35 +167,35 @@ fn collect(
             continue;
         };
         let function = functions.entry(address).or_default();
+        function.dir = function_dir.to_path_buf();
         function.fme_ports = fme_ports.or(function.fme_ports);
         for dir in ports {
             let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            function.ports.push(Port { dir, name, function_dir: function_dir.to_path_buf() });
+            function.ports.push(Port { dir, name });
         }
     }
 }
 
-/// The entries of `dir` whose names start with `prefix`, sorted. A missing directory is simply empty.
+/// The entries of a class directory whose names start with `prefix`. A missing directory (no such driver
+/// loaded) is simply empty.
 fn entries_with_prefix(dir: &Path, prefix: &str, problems: &mut Vec<String>) -> Vec<PathBuf> {
-    let read = match std::fs::read_dir(dir) {
-        Ok(read) => read,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
+    match sorted_entries(dir) {
+        Ok(entries) => entries
+            .into_iter()
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
             problems.push(format!("cannot list {}: {e}", dir.display()));
-            return Vec::new();
+            Vec::new()
         }
-    };
-    let mut out: Vec<PathBuf> = read
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(prefix)))
-        .map(|e| e.path())
-        .collect();
-    out.sort();
-    out
+    }
 }
 
-fn read_port_id(port_dir: &Path) -> Option<u32> {
-    sysfs::read_attr(&port_dir.join("id")).ok().and_then(|s| sysfs::parse_small_uint(&s))
+fn sorted_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(Result::ok).map(|e| e.path()).collect();
+    out.sort();
+    Ok(out)
 }
 
 fn numa_node(function_dir: &Path, problems: &mut Vec<String>) -> Option<i64> {
@@ -196,7 +209,7 @@ fn numa_node(function_dir: &Path, problems: &mut Vec<String>) -> Option<i64> {
 
 /// A port is unhealthy when its device node is missing, when an error is latched in `errors/errors`, or
 /// when no AFU is loaded (`afu_id` all `f`). A transient read error leaves the health unknown.
-fn port_health(port_dir: &Path, node: &Path) -> Health {
+fn port_health(port: &Path, node: &Path) -> Health {
     let meta = match std::fs::metadata(node) {
         Ok(meta) => meta,
         Err(_) => return Health::Unhealthy(format!("device node {} is missing", node.display())),
@@ -204,7 +217,7 @@ fn port_health(port_dir: &Path, node: &Path) -> Health {
     // A character device left over from an earlier driver load can carry the right name and the wrong
     // number: then it is not this port.
     if meta.file_type().is_char_device() {
-        if let Some((major, minor)) = sysfs::read_attr(&port_dir.join("dev")).ok().and_then(|s| sysfs::parse_dev(&s)) {
+        if let Some((major, minor)) = sysfs::read_attr(&port.join("dev")).ok().and_then(|s| sysfs::parse_dev(&s)) {
             let rdev = meta.rdev();
             let (node_major, node_minor) = (libc::major(rdev), libc::minor(rdev));
             if (node_major, node_minor) != (major, minor) {
@@ -216,7 +229,7 @@ fn port_health(port_dir: &Path, node: &Path) -> Health {
         }
     }
     let mut unknown = None;
-    let errors = port_dir.join("errors/errors");
+    let errors = port.join("errors/errors");
     match sysfs::read_attr(&errors) {
         Ok(text) => match sysfs::parse_error_bits(&text) {
             Some(0) => {}
@@ -229,7 +242,7 @@ fn port_health(port_dir: &Path, node: &Path) -> Health {
         Err(e) if sysfs::is_transient(&e) => unknown = Some(format!("reading {}: {e}", errors.display())),
         Err(e) => return Health::Unhealthy(format!("cannot read {}: {e}", errors.display())),
     }
-    let afu = port_dir.join("afu_id");
+    let afu = port.join("afu_id");
     match sysfs::read_attr(&afu) {
         Ok(text) => match sysfs::afu_id_is_blank(&text) {
             Some(true) => return Health::Unhealthy(format!("{} is all f: no AFU is loaded", afu.display())),

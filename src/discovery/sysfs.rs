@@ -103,9 +103,37 @@ pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
     Some((number(major)?, number(minor)?))
 }
 
-/// Reads a sysfs attribute.
+/// Reads a sysfs attribute: open and one read, no stat (sysfs reports a size of 4096 for every attribute
+/// anyway). Attributes the plugin reads are a line; anything longer is cut at 4 KiB.
 pub fn read_attr(path: &Path) -> io::Result<String> {
-    std::fs::read_to_string(path)
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    let n = std::fs::File::open(path)?.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Where a sysfs class entry points, without `canonicalize`'s per-component lookups: sysfs links are
+/// relative links into `/sys/devices` whose components are plain directories, so joining and folding `..`
+/// is exact. An entry that is not a link is its own target.
+pub fn resolve_link(entry: &Path) -> io::Result<std::path::PathBuf> {
+    use std::path::Component;
+    let target = match std::fs::read_link(entry) {
+        Ok(target) => target,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(entry.to_path_buf()),
+        Err(e) => return Err(e),
+    };
+    let joined = entry.parent().unwrap_or(Path::new("/")).join(target);
+    let mut out = std::path::PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 /// A read error that says "try again later" rather than "this is broken": the drivers answer EBUSY while a
@@ -148,6 +176,20 @@ mod tests {
         assert_eq!(a.to_string(), "0000:5e:00.0");
         assert_eq!(dir, Path::new("/sys/devices/pci0000:5d/0000:5d:00.0/0000:5e:00.0"));
         assert_eq!(pci_function_of(Path::new("/sys/devices/platform/x")), None);
+    }
+
+    #[test]
+    fn class_links_resolve_lexically() {
+        let root = std::env::temp_dir().join(format!("resolve-link-{}", std::process::id()));
+        let target = root.join("devices/pci0000:00/0000:5e:00.0/fpga_region/region0");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::create_dir_all(root.join("class/fpga_region")).unwrap();
+        let link = root.join("class/fpga_region/region0");
+        std::os::unix::fs::symlink("../../devices/pci0000:00/0000:5e:00.0/fpga_region/region0", &link).unwrap();
+        assert_eq!(resolve_link(&link).unwrap(), target);
+        assert_eq!(resolve_link(&target).unwrap(), target, "a directory is its own target");
+        assert!(resolve_link(&root.join("class/fpga_region/none")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct Fme {
     pub ports_num: u32,
 }
 
+/// FME partial-reconfiguration regions are numbered from here, away from the base regions.
+const PR_REGION_OFFSET: u32 = 100_000;
+
 const AFU_ID: &str = "d8424dc4a4a3c413f89e433683f9040b";
 
 impl SimNode {
@@ -117,9 +120,10 @@ impl SimNode {
             let fme_dir = container.join(format!("dfl-fme.{}", fme.instance));
             self.fme(&fme_dir, fme, "dfl-fme")?;
             // The FME's partial-reconfiguration region is a class fpga_region too, with no port in it.
-            let pr_region = fme_dir.join(format!("dfl-fme-region.{}/fpga_region/region{}", fme.instance, region + 100));
+            let pr = region + PR_REGION_OFFSET;
+            let pr_region = fme_dir.join(format!("dfl-fme-region.{}/fpga_region/region{pr}", fme.instance));
             fs::create_dir_all(&pr_region)?;
-            symlink_rel(&pr_region, &self.sysfs().join(format!("class/fpga_region/region{}", region + 100)))?;
+            symlink_rel(&pr_region, &self.sysfs().join(format!("class/fpga_region/region{pr}")))?;
         }
         ports.iter().map(|&(k, id)| self.port(&container, &format!("dfl-port.{k}"), id)).collect()
     }
@@ -182,11 +186,48 @@ impl SimNode {
         fs::remove_file(self.dev().join(name))
     }
 
+    /// A card unplugged: the PCI function's directory, the class links into it, and the device nodes of its
+    /// ports and FMEs.
+    pub fn remove_function(&self, address: &str) -> io::Result<()> {
+        let function = self.find_function(address)?;
+        for class in ["class/fpga", "class/fpga_region"] {
+            let Ok(entries) = fs::read_dir(self.sysfs().join(class)) else { continue };
+            for entry in entries.filter_map(Result::ok) {
+                if fs::canonicalize(entry.path()).is_ok_and(|real| real.starts_with(&function)) {
+                    fs::remove_file(entry.path())?;
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        collect_node_names(&function, &mut nodes);
+        for name in nodes {
+            let _ = self.remove_node(&name);
+        }
+        fs::remove_dir_all(function)
+    }
+
     /// What the driver does when a port is released to a VF: its sysfs directory and its node vanish.
     pub fn release_port(&self, port_dir: &Path) -> io::Result<()> {
         let name = port_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         fs::remove_dir_all(port_dir)?;
         self.remove_node(&name)
+    }
+}
+
+/// Names of the port and FME directories below `dir`: their device nodes have the same names.
+fn collect_node_names(dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ["intel-fpga-port.", "intel-fpga-fme.", "dfl-port.", "dfl-fme."].iter().any(|p| name.starts_with(p))
+            && !name.contains("region")
+        {
+            out.push(name);
+        }
+        collect_node_names(&entry.path(), out);
     }
 }
 
