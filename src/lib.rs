@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod device;
 pub mod discovery;
+pub mod fuzzing;
 
 #[cfg(feature = "grpc")]
 pub mod allocation;
