@@ -223,7 +223,7 @@ impl Scanner {
         }
         self.reported = problems;
         let count = scan.devices.len();
-        let changes = registry::write(&self.registry).update(scan.devices);
+        let changes = registry::publish(&self.registry, scan.devices);
         if changes.is_empty() {
             return;
         }

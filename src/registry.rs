@@ -95,40 +95,66 @@ impl Registry {
         self.subscribers.clear();
     }
 
-    /// Publishes a new device list. A device whose health is `Unknown` keeps its last advertised health
-    /// (Unhealthy if it is new). Feeds receive the new list only if what the kubelet sees changed.
+    /// Publishes a new device list (see `prepare`). Feeds receive the new list only if what the kubelet sees
+    /// changed.
     pub fn update(&mut self, devices: Vec<Device>) -> Changes {
-        let old = Arc::clone(&self.snapshot);
-        let devices: Vec<Device> = devices
-            .into_iter()
-            .map(|mut d| {
-                if let Health::Unknown(why) = &d.health {
-                    d.health = match old.get(&d.id) {
-                        Some(prev) => prev.health.clone(),
-                        None => Health::Unhealthy(format!("state unknown: {why}")),
-                    };
-                }
-                d
-            })
-            .collect();
-        let new = Snapshot::new(devices);
-        let mut changes = Changes::default();
-        for d in new.devices() {
-            match old.get(&d.id) {
-                None => changes.added.push(d.clone()),
-                Some(prev) if prev.health.is_healthy() != d.health.is_healthy() => changes.health.push(d.clone()),
-                Some(_) => {}
-            }
-        }
-        changes.removed = old.devices().iter().filter(|d| new.get(&d.id).is_none()).map(|d| d.id.clone()).collect();
-        let visible = new.list != old.list;
-        self.snapshot = Arc::new(new);
-        if visible {
+        let (next, changes) = prepare(&self.snapshot, devices);
+        self.install(next);
+        changes
+    }
+
+    fn install(&mut self, next: Next) {
+        self.snapshot = Arc::new(next.snapshot);
+        if next.visible {
             let list = self.snapshot.list();
             self.subscribers.retain(|s| s.send(Arc::clone(&list)).is_ok());
         }
-        changes
     }
+}
+
+/// A snapshot ready to publish, and whether the kubelet would see a difference.
+pub struct Next {
+    snapshot: Snapshot,
+    visible: bool,
+}
+
+/// Builds the snapshot that follows `old` from a scan's devices, without any lock. A device whose health is
+/// `Unknown` keeps its last advertised health (Unhealthy if it is new).
+pub fn prepare(old: &Snapshot, devices: Vec<Device>) -> (Next, Changes) {
+    let devices: Vec<Device> = devices
+        .into_iter()
+        .map(|mut d| {
+            if let Health::Unknown(why) = &d.health {
+                d.health = match old.get(&d.id) {
+                    Some(prev) => prev.health.clone(),
+                    None => Health::Unhealthy(format!("state unknown: {why}")),
+                };
+            }
+            d
+        })
+        .collect();
+    let new = Snapshot::new(devices);
+    let mut changes = Changes::default();
+    for d in new.devices() {
+        match old.get(&d.id) {
+            None => changes.added.push(d.clone()),
+            Some(prev) if prev.health.is_healthy() != d.health.is_healthy() => changes.health.push(d.clone()),
+            Some(_) => {}
+        }
+    }
+    changes.removed = old.devices().iter().filter(|d| new.get(&d.id).is_none()).map(|d| d.id.clone()).collect();
+    let visible = new.list != old.list;
+    (Next { snapshot: new, visible }, changes)
+}
+
+/// Publishes a scan's devices with the write lock held only to swap the snapshot and notify the feeds: the
+/// snapshot is built before, so an Allocate never waits for it. Only the scanner writes, so the snapshot
+/// read first is still the current one when the new one is installed.
+pub fn publish(registry: &SharedRegistry, devices: Vec<Device>) -> Changes {
+    let old = read(registry).snapshot();
+    let (next, changes) = prepare(&old, devices);
+    write(registry).install(next);
+    changes
 }
 
 /// Reads through a poisoned lock: the registry holds plain data that no panic can leave half-written,
