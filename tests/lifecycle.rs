@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{command, sockets, wait_until, Plugin, WAIT};
+use common::{command, sockets, wait_until, Plugin, Rig, WAIT};
 use k8s_accelerator_devplugin::sim::{Behavior, FakeKubelet, SimNode, TempDir};
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
@@ -18,56 +18,51 @@ fn aws_plugin(dir: &std::path::Path, node: &SimNode, extra: &[&str]) -> Plugin {
 
 #[test]
 fn every_kubelet_restart_ends_registered_with_one_socket() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let mut kubelet = FakeKubelet::start(dir.path()).unwrap();
-    let _p = aws_plugin(dir.path(), &node, &[]);
-    kubelet.wait_registration(1, WAIT).expect("first registration");
+    let mut rig = Rig::new();
+    let _p = rig.aws("2", &[]);
+    rig.kubelet.wait_registration(1, WAIT).expect("first registration");
     for round in 2..=6 {
-        let before = kubelet.accepted();
-        kubelet.restart().unwrap();
-        let reg = kubelet.wait_registration(before + 1, WAIT).unwrap_or_else(|| panic!("round {round}: no Register"));
+        let before = rig.kubelet.accepted();
+        rig.kubelet.restart().unwrap();
+        let reg =
+            rig.kubelet.wait_registration(before + 1, WAIT).unwrap_or_else(|| panic!("round {round}: no Register"));
         assert_eq!(reg.request.endpoint, SOCKET);
-        kubelet.wait_devices(WAIT, |d| d.len() == 2).expect("the list after re-registering");
+        rig.kubelet.wait_devices(WAIT, |d| d.len() == 2).expect("the list after re-registering");
         assert!(
-            wait_until(WAIT, || sockets(dir.path()) == ["k8s-accel-b-com.com_accelerator.sock", "kubelet.sock"]),
+            wait_until(WAIT, || sockets(rig.dir()) == ["k8s-accel-b-com.com_accelerator.sock", "kubelet.sock"]),
             "round {round}: {:?}",
-            sockets(dir.path())
+            sockets(rig.dir())
         );
     }
 }
 
 #[test]
 fn a_deleted_plugin_socket_is_recreated_and_registered_again() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let kubelet = FakeKubelet::start(dir.path()).unwrap();
-    let p = aws_plugin(dir.path(), &node, &[]);
-    kubelet.wait_registration(1, WAIT).unwrap();
-    std::fs::remove_file(dir.path().join(SOCKET)).unwrap();
-    kubelet.wait_registration(2, WAIT).expect("a new Register after our socket was deleted");
-    assert!(dir.path().join(SOCKET).exists());
+    let rig = Rig::new();
+    let p = rig.aws("2", &[]);
+    rig.kubelet.wait_registration(1, WAIT).unwrap();
+    std::fs::remove_file(rig.dir().join(SOCKET)).unwrap();
+    rig.kubelet.wait_registration(2, WAIT).expect("a new Register after our socket was deleted");
+    assert!(rig.dir().join(SOCKET).exists());
     assert!(p.log().contains("our socket was deleted"), "{}", p.log());
     // And it serves on the new socket.
-    let client = kubelet.plugin().unwrap();
+    let client = rig.kubelet.plugin().unwrap();
     client.get_device_plugin_options(&Default::default()).unwrap();
 }
 
 #[test]
 fn the_kubelet_dropping_the_last_stream_triggers_a_new_registration() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let kubelet = FakeKubelet::start(dir.path()).unwrap();
-    let p = aws_plugin(dir.path(), &node, &[]);
-    kubelet.wait_registration(1, WAIT).unwrap();
-    kubelet.wait_devices(WAIT, |d| d.len() == 2).unwrap();
-    kubelet.drop_streams();
-    kubelet.wait_registration(2, WAIT).expect("a new Register after the stream ended");
+    let rig = Rig::new();
+    let p = rig.aws("2", &[]);
+    rig.kubelet.wait_registration(1, WAIT).unwrap();
+    rig.kubelet.wait_devices(WAIT, |d| d.len() == 2).unwrap();
+    rig.kubelet.drop_streams();
+    rig.kubelet.wait_registration(2, WAIT).expect("a new Register after the stream ended");
     assert!(p.log().contains("closed its last ListAndWatch stream"), "{}", p.log());
     // Once registered again, it stays quiet: no registration loop.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(kubelet.registrations().len(), 2);
-    assert_eq!(kubelet.accepted(), 2);
+    assert_eq!(rig.kubelet.registrations().len(), 2);
+    assert_eq!(rig.kubelet.accepted(), 2);
 }
 
 #[test]
@@ -89,15 +84,13 @@ fn starts_before_the_kubelet_and_registers_when_it_appears() {
 
 #[test]
 fn a_rejecting_or_silent_kubelet_is_retried() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let kubelet = FakeKubelet::start(dir.path()).unwrap();
-    kubelet.set_behavior(Behavior::Reject("resource already registered".into()));
-    let p = aws_plugin(dir.path(), &node, &[]);
-    kubelet.wait_register_calls(3, WAIT).expect("retries after rejections");
+    let rig = Rig::new();
+    rig.kubelet.set_behavior(Behavior::Reject("resource already registered".into()));
+    let p = rig.aws("2", &[]);
+    rig.kubelet.wait_register_calls(3, WAIT).expect("retries after rejections");
     assert!(p.log().contains("resource already registered"), "{}", p.log());
-    kubelet.set_behavior(Behavior::Accept);
-    kubelet.wait_registration(1, WAIT).expect("accepted after the kubelet changed its mind");
+    rig.kubelet.set_behavior(Behavior::Accept);
+    rig.kubelet.wait_registration(1, WAIT).expect("accepted after the kubelet changed its mind");
 }
 
 #[test]
@@ -161,32 +154,28 @@ fn stale_sockets_of_ours_are_removed_and_live_ones_are_left_alone() {
 
 #[test]
 fn a_second_instance_for_the_same_resource_refuses_to_start() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let kubelet = FakeKubelet::start(dir.path()).unwrap();
-    let _first = aws_plugin(dir.path(), &node, &[]);
-    kubelet.wait_registration(1, WAIT).unwrap();
-    let mut second = aws_plugin(dir.path(), &node, &[]);
+    let rig = Rig::new();
+    let _first = rig.aws("2", &[]);
+    rig.kubelet.wait_registration(1, WAIT).unwrap();
+    let mut second = rig.aws("2", &[]);
     let status = second.wait_exit(WAIT).expect("the second instance exits");
     assert_eq!(status.code(), Some(1));
     assert!(second.log().contains("another plugin instance is serving"), "{}", second.log());
     // The first one is untouched.
-    kubelet.plugin().unwrap().get_device_plugin_options(&Default::default()).unwrap();
+    rig.kubelet.plugin().unwrap().get_device_plugin_options(&Default::default()).unwrap();
 }
 
 #[test]
 fn an_unwritable_log_file_is_a_warning_and_a_writable_one_gets_the_log() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let kubelet = FakeKubelet::start(dir.path()).unwrap();
-    let p = aws_plugin(dir.path(), &node, &["--log-file", "/nonexistent/dir/plugin.log"]);
-    kubelet.wait_registration(1, WAIT).expect("still registers");
+    let rig = Rig::new();
+    let p = rig.aws("2", &["--log-file", "/nonexistent/dir/plugin.log"]);
+    rig.kubelet.wait_registration(1, WAIT).expect("still registers");
     assert!(p.log().contains("cannot open log file /nonexistent/dir/plugin.log"), "{}", p.log());
     drop(p);
 
     let logs = TempDir::new("logs").unwrap();
     let file = logs.path().join("plugin.log");
-    let p = aws_plugin(dir.path(), &node, &["-log-file", file.to_str().unwrap()]);
+    let p = rig.aws("2", &["-log-file", file.to_str().unwrap()]);
     assert!(wait_until(WAIT, || std::fs::read_to_string(&file)
         .unwrap_or_default()
         .contains("registered b-com.com/accelerator")));
@@ -233,20 +222,18 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
 
 #[test]
 fn a_kubelet_that_never_answers_is_timed_out_and_a_restart_is_not_held_up() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let mut kubelet = FakeKubelet::start(dir.path()).unwrap();
-    kubelet.set_behavior(Behavior::Hang);
-    let p = aws_plugin(dir.path(), &node, &[]);
-    kubelet.wait_register_calls(1, WAIT).unwrap();
+    let mut rig = Rig::new();
+    rig.kubelet.set_behavior(Behavior::Hang);
+    let p = rig.aws("2", &[]);
+    rig.kubelet.wait_register_calls(1, WAIT).unwrap();
     // The Register deadline is 10 s: then it is retried.
-    kubelet.wait_register_calls(2, Duration::from_secs(15)).expect("retried after the deadline");
+    rig.kubelet.wait_register_calls(2, Duration::from_secs(15)).expect("retried after the deadline");
     assert!(p.log().contains("DEADLINE_EXCEEDED"), "{}", p.log());
     // A kubelet restart while a Register hangs is acted on at once.
-    kubelet.set_behavior(Behavior::Accept);
+    rig.kubelet.set_behavior(Behavior::Accept);
     let restarted = Instant::now();
-    kubelet.restart().unwrap();
-    let reg = kubelet.wait_registration(1, WAIT).expect("registered after the restart");
+    rig.kubelet.restart().unwrap();
+    let reg = rig.kubelet.wait_registration(1, WAIT).expect("registered after the restart");
     assert!(reg.at.duration_since(restarted) < Duration::from_secs(2), "{:?}", reg.at.duration_since(restarted));
 }
 

@@ -3,48 +3,11 @@
 
 mod common;
 
-use common::{summary, Plugin, WAIT};
+use common::{Rig, WAIT};
 use grpcio::{CallOption, RpcStatusCode};
 use k8s_accelerator_devplugin::api;
-use k8s_accelerator_devplugin::sim::{sim_write as write, FakeKubelet, Fme, SimNode, TempDir};
+use k8s_accelerator_devplugin::sim::{sim_write as write, Fme};
 use std::time::Duration;
-
-struct Setup {
-    node: SimNode,
-    _kdir: TempDir,
-    kubelet: FakeKubelet,
-}
-
-fn setup() -> Setup {
-    let node = SimNode::new().unwrap();
-    let kdir = TempDir::new("kubelet").unwrap();
-    let kubelet = FakeKubelet::start(kdir.path()).unwrap();
-    Setup { node, _kdir: kdir, kubelet }
-}
-
-impl Setup {
-    fn plugin(&self, extra: &[&str]) -> Plugin {
-        Plugin::spawn_on(self.kubelet.dir(), &self.node.sysfs(), &self.node.dev(), extra)
-    }
-
-    fn client(&self) -> api::DevicePluginClient {
-        self.kubelet.wait_registration(1, WAIT).expect("registered");
-        self.kubelet.plugin().expect("a plugin client")
-    }
-
-    /// Waits for a list whose `(ID, health)` pairs are exactly `want`.
-    fn wait_list(&self, want: &[(&str, &str)]) -> api::ListAndWatchResponse {
-        let matches = |devices: &[api::Device]| {
-            devices.len() == want.len() && devices.iter().zip(want).all(|(d, (id, h))| d.ID == *id && d.health == *h)
-        };
-        let update = self.kubelet.wait_devices(WAIT, matches).unwrap_or_else(|| {
-            panic!("no list {want:?}; last: {:?}", self.kubelet.updates().last().map(|u| summary(&u.devices)))
-        });
-        let mut list = api::ListAndWatchResponse::new();
-        list.devices = update.devices;
-        list
-    }
-}
 
 fn allocate_request(containers: &[&[&str]]) -> api::AllocateRequest {
     let mut req = api::AllocateRequest::new();
@@ -65,7 +28,7 @@ fn status_of<T: std::fmt::Debug>(r: grpcio::Result<T>) -> (RpcStatusCode, String
 
 #[test]
 fn registers_with_options_serves_first_and_lists_aws_units() {
-    let s = setup();
+    let s = Rig::new();
     let _p = s.plugin(&["--backend", "aws", "-accel-nbunits", "3"]);
     let reg = s.kubelet.wait_registration(1, WAIT).expect("a Register call");
     assert_eq!(reg.request.version, "v1beta1");
@@ -88,7 +51,7 @@ fn registers_with_options_serves_first_and_lists_aws_units() {
 
 #[test]
 fn intel_allocate_hands_each_container_its_own_ids_and_device_nodes() {
-    let s = setup();
+    let s = Rig::new();
     s.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(1, 0)]).unwrap();
     s.node.dfl_card("0000:86:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 0), (4, 1)]).unwrap();
     let _p = s.plugin(&[]);
@@ -123,7 +86,7 @@ fn intel_allocate_hands_each_container_its_own_ids_and_device_nodes() {
 
 #[test]
 fn bad_ids_fail_the_whole_call_and_the_plugin_keeps_serving() {
-    let s = setup();
+    let s = Rig::new();
     let ports = s.node.opae_card("0000:5e:00.0", 0, 0, None, &[(0, 0)]).unwrap();
     s.node.opae_card("0000:5f:00.0", 0, 1, None, &[(1, 0)]).unwrap();
     let _p = s.plugin(&["--scan-interval", "100ms"]);
@@ -167,7 +130,7 @@ fn bad_ids_fail_the_whole_call_and_the_plugin_keeps_serving() {
 
 #[test]
 fn preferred_allocation_follows_numa() {
-    let s = setup();
+    let s = Rig::new();
     s.node.dfl_card("0000:3b:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 0), (1, 1)]).unwrap();
     s.node.dfl_card("0000:af:00.0", 1, 1, Some(Fme { instance: 1, ports_num: 3 }), &[(2, 0), (3, 1), (4, 2)]).unwrap();
     let _p = s.plugin(&[]);
@@ -201,7 +164,7 @@ fn preferred_allocation_follows_numa() {
 
 #[test]
 fn hotplug_and_health_changes_reach_list_and_watch() {
-    let s = setup();
+    let s = Rig::new();
     std::fs::create_dir_all(s.node.sysfs().join("class/fpga_region")).unwrap();
     let p = s.plugin(&["--scan-interval", "200ms"]);
     // No device at start is normal: registered with an empty list.
@@ -227,7 +190,7 @@ fn hotplug_and_health_changes_reach_list_and_watch() {
 
 #[test]
 fn device_node_changes_are_seen_without_waiting_for_a_rescan() {
-    let s = setup();
+    let s = Rig::new();
     std::fs::create_dir_all(s.node.sysfs().join("class/fpga")).unwrap();
     // A one-minute interval: only the dev-root watch can explain a quick update.
     let _p = s.plugin(&["--scan-interval", "1m"]);
@@ -240,7 +203,7 @@ fn device_node_changes_are_seen_without_waiting_for_a_rescan() {
 
 #[test]
 fn corrupt_entries_are_logged_once_and_the_rest_is_served() {
-    let s = setup();
+    let s = Rig::new();
     s.node.opae_card("0000:5e:00.0", 0, 0, None, &[(0, 0)]).unwrap();
     std::os::unix::fs::symlink(
         "../../devices/nowhere/intel-fpga-dev.7",
@@ -257,7 +220,7 @@ fn corrupt_entries_are_logged_once_and_the_rest_is_served() {
 
 #[test]
 fn many_concurrent_streams_all_get_updates() {
-    let s = setup();
+    let s = Rig::new();
     std::fs::create_dir_all(s.node.sysfs().join("class/fpga")).unwrap();
     let _p = s.plugin(&["--scan-interval", "100ms"]);
     let client = s.client();

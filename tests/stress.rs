@@ -2,12 +2,11 @@
 
 mod common;
 
-use common::{sockets, wait_until, Plugin, WAIT};
+use common::{sockets, wait_until, Plugin, Rig, WAIT};
 use grpcio::{CallOption, ChannelBuilder, GrpcSlice, Marshaller, MessageReader, Method, MethodType, RpcStatusCode};
 use k8s_accelerator_devplugin::api;
 use k8s_accelerator_devplugin::sim::{Behavior, FakeKubelet, Fme, SimNode, TempDir};
 use std::io::Read;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,26 +22,20 @@ impl Lcg {
     }
 }
 
-fn aws(dir: &Path, node: &SimNode, units: &str) -> Plugin {
-    Plugin::spawn_on(dir, &node.sysfs(), &node.dev(), &["--backend", "aws", "--accel-nbunits", units])
-}
-
 #[test]
 fn a_hundred_kubelet_restarts_in_a_row_each_end_registered_with_one_socket() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let mut kubelet = FakeKubelet::start(dir.path()).unwrap();
-    let _p = aws(dir.path(), &node, "3");
-    kubelet.wait_registration(1, WAIT).unwrap();
+    let mut rig = Rig::new();
+    let _p = rig.aws("3", &[]);
+    rig.kubelet.wait_registration(1, WAIT).unwrap();
     for round in 1..=100 {
-        let before = kubelet.accepted();
-        kubelet.restart().unwrap();
-        kubelet.wait_registration(before + 1, WAIT).unwrap_or_else(|| panic!("restart {round}: not registered"));
-        kubelet.wait_devices(WAIT, |d| d.len() == 3).unwrap_or_else(|| panic!("restart {round}: no list"));
+        let before = rig.kubelet.accepted();
+        rig.kubelet.restart().unwrap();
+        rig.kubelet.wait_registration(before + 1, WAIT).unwrap_or_else(|| panic!("restart {round}: not registered"));
+        rig.kubelet.wait_devices(WAIT, |d| d.len() == 3).unwrap_or_else(|| panic!("restart {round}: no list"));
         assert!(
-            wait_until(WAIT, || sockets(dir.path()) == [SOCKET, "kubelet.sock"]),
+            wait_until(WAIT, || sockets(rig.dir()) == [SOCKET, "kubelet.sock"]),
             "restart {round}: {:?}",
-            sockets(dir.path())
+            sockets(rig.dir())
         );
     }
 }
@@ -165,19 +158,17 @@ fn hotplug_churn_ends_with_exactly_the_final_tree() {
 
 #[test]
 fn kubelet_socket_deleted_while_a_register_hangs() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let mut kubelet = FakeKubelet::start(dir.path()).unwrap();
-    kubelet.set_behavior(Behavior::Hang);
-    let p = aws(dir.path(), &node, "1");
-    kubelet.wait_register_calls(1, WAIT).unwrap();
-    kubelet.stop(); // kubelet.sock deleted with the Register still open
+    let mut rig = Rig::new();
+    rig.kubelet.set_behavior(Behavior::Hang);
+    let p = rig.aws("1", &[]);
+    rig.kubelet.wait_register_calls(1, WAIT).unwrap();
+    rig.kubelet.stop(); // kubelet.sock deleted with the Register still open
     std::thread::sleep(Duration::from_millis(300));
     assert!(p.log().contains("cannot register"), "{}", p.log());
-    kubelet.set_behavior(Behavior::Accept);
+    rig.kubelet.set_behavior(Behavior::Accept);
     let t = Instant::now();
-    kubelet.restart().unwrap();
-    let reg = kubelet.wait_registration(1, WAIT).expect("registered with the new kubelet");
+    rig.kubelet.restart().unwrap();
+    let reg = rig.kubelet.wait_registration(1, WAIT).expect("registered with the new kubelet");
     assert!(reg.at.duration_since(t) < Duration::from_secs(2));
 }
 
@@ -198,22 +189,20 @@ fn an_unusable_device_plugins_path_is_retried_until_it_works() {
 
 #[test]
 fn missing_sysfs_and_dev_roots_are_reported_and_recovered_from() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let kubelet = FakeKubelet::start(dir.path()).unwrap();
-    let sys = node.root().join("later-sys");
-    let dev = node.root().join("later-dev");
-    let p = Plugin::spawn_on(dir.path(), &sys, &dev, &["--backend", "intel", "--scan-interval", "100ms"]);
-    kubelet.wait_registration(1, WAIT).expect("registers with no device");
-    kubelet.wait_devices(WAIT, <[api::Device]>::is_empty).unwrap();
+    let rig = Rig::new();
+    let sys = rig.node.root().join("later-sys");
+    let dev = rig.node.root().join("later-dev");
+    let p = Plugin::spawn_on(rig.dir(), &sys, &dev, &["--backend", "intel", "--scan-interval", "100ms"]);
+    rig.kubelet.wait_registration(1, WAIT).expect("registers with no device");
+    rig.kubelet.wait_devices(WAIT, <[api::Device]>::is_empty).unwrap();
     assert!(p.wait_log("later-sys does not exist", WAIT), "{}", p.log());
     assert!(p.log().contains("later-dev does not exist"), "{}", p.log());
     assert!(p.log().contains("cannot watch"), "{}", p.log());
     // The roots appear, as when a late mount comes up: move a built tree into place.
-    node.dfl_card("0000:3b:00.0", 0, 0, None, &[(0, 0)]).unwrap();
-    std::fs::rename(node.sysfs(), &sys).unwrap();
-    std::fs::rename(node.dev(), &dev).unwrap();
-    let list = kubelet.wait_devices(WAIT, |d| d.len() == 1 && d[0].health == "Healthy");
+    rig.node.dfl_card("0000:3b:00.0", 0, 0, None, &[(0, 0)]).unwrap();
+    std::fs::rename(rig.node.sysfs(), &sys).unwrap();
+    std::fs::rename(rig.node.dev(), &dev).unwrap();
+    let list = rig.kubelet.wait_devices(WAIT, |d| d.len() == 1 && d[0].health == "Healthy");
     assert!(list.is_some(), "{}", p.log());
     // Symlinks in the moved tree are relative, so they still resolve; the port is found in its new place.
     assert_eq!(list.unwrap().devices[0].ID, "0000:3b:00.0");
@@ -221,22 +210,20 @@ fn missing_sysfs_and_dev_roots_are_reported_and_recovered_from() {
 
 #[test]
 fn kill_9_then_restart_cleans_the_stale_socket_and_registers_again() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let kubelet = FakeKubelet::start(dir.path()).unwrap();
-    let mut first = aws(dir.path(), &node, "2");
-    kubelet.wait_registration(1, WAIT).unwrap();
+    let rig = Rig::new();
+    let mut first = rig.aws("2", &[]);
+    rig.kubelet.wait_registration(1, WAIT).unwrap();
     first.signal(libc::SIGKILL);
     first.wait_exit(WAIT).unwrap();
-    assert!(dir.path().join(SOCKET).exists(), "SIGKILL leaves the socket behind");
-    let second = aws(dir.path(), &node, "2");
-    kubelet.wait_registration(2, WAIT).expect("the new instance registers");
+    assert!(rig.dir().join(SOCKET).exists(), "SIGKILL leaves the socket behind");
+    let second = rig.aws("2", &[]);
+    rig.kubelet.wait_registration(2, WAIT).expect("the new instance registers");
     assert!(
-        second.log().contains(&format!("removed stale socket {}", dir.path().join(SOCKET).display())),
+        second.log().contains(&format!("removed stale socket {}", rig.dir().join(SOCKET).display())),
         "{}",
         second.log()
     );
-    kubelet.plugin().unwrap().get_device_plugin_options(&api::Empty::new()).unwrap();
+    rig.kubelet.plugin().unwrap().get_device_plugin_options(&api::Empty::new()).unwrap();
 }
 
 /// A method that sends and receives raw bytes, to put anything on the wire.
@@ -262,12 +249,10 @@ fn raw_de(mut reader: MessageReader) -> grpcio::Result<Vec<u8>> {
 
 #[test]
 fn malformed_requests_get_error_statuses_and_the_plugin_keeps_serving() {
-    let node = SimNode::new().unwrap();
-    let dir = TempDir::new("kubelet").unwrap();
-    let kubelet = FakeKubelet::start(dir.path()).unwrap();
-    let mut p = aws(dir.path(), &node, "10000");
-    kubelet.wait_registration(1, WAIT).unwrap();
-    let client = kubelet.plugin().unwrap();
+    let rig = Rig::new();
+    let mut p = rig.aws("10000", &[]);
+    rig.kubelet.wait_registration(1, WAIT).unwrap();
+    let client = rig.kubelet.plugin().unwrap();
     let code = |r: grpcio::Result<api::AllocateResponse>| match r {
         Err(grpcio::Error::RpcFailure(s)) => s.code(),
         other => panic!("expected an error status, got {other:?}"),
@@ -286,7 +271,8 @@ fn malformed_requests_get_error_statuses_and_the_plugin_keeps_serving() {
 
     // Bytes that are not a valid message: invalid UTF-8 in an ID, a truncated varint, a wrong wire type.
     let raw = grpcio::Client::new(
-        ChannelBuilder::new(Arc::clone(kubelet.env())).connect(&format!("unix:{}", dir.path().join(SOCKET).display())),
+        ChannelBuilder::new(Arc::clone(rig.kubelet.env()))
+            .connect(&format!("unix:{}", rig.dir().join(SOCKET).display())),
     );
     for bytes in [
         vec![0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe],

@@ -148,3 +148,56 @@ pub fn sockets(dir: &Path) -> Vec<String> {
 pub fn summary(devices: &[k8s_accelerator_devplugin::api::Device]) -> Vec<(String, String, Option<i64>)> {
     devices.iter().map(|d| (d.ID.clone(), d.health.clone(), d.topology.nodes.first().map(|n| n.ID))).collect()
 }
+
+/// The usual fixture: a simulated node, a fake kubelet serving in a directory of its own, and ways to start
+/// the plugin against both.
+pub struct Rig {
+    pub node: k8s_accelerator_devplugin::sim::SimNode,
+    pub kubelet: k8s_accelerator_devplugin::sim::FakeKubelet,
+    dir: TempDir,
+}
+
+impl Rig {
+    pub fn new() -> Rig {
+        let node = k8s_accelerator_devplugin::sim::SimNode::new().expect("simulated node");
+        let dir = TempDir::new("kubelet").expect("kubelet dir");
+        let kubelet = k8s_accelerator_devplugin::sim::FakeKubelet::start(dir.path()).expect("fake kubelet");
+        Rig { node, kubelet, dir }
+    }
+
+    /// The device-plugins directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The plugin on this node and directory, with `extra` flags.
+    pub fn plugin(&self, extra: &[&str]) -> Plugin {
+        Plugin::spawn_on(self.dir(), &self.node.sysfs(), &self.node.dev(), extra)
+    }
+
+    /// A client for the plugin, once it has registered.
+    pub fn client(&self) -> k8s_accelerator_devplugin::api::DevicePluginClient {
+        self.kubelet.wait_registration(1, WAIT).expect("registered");
+        self.kubelet.plugin().expect("a plugin client")
+    }
+
+    /// Waits for a ListAndWatch list whose `(ID, health)` pairs are exactly `want`.
+    pub fn wait_list(&self, want: &[(&str, &str)]) -> k8s_accelerator_devplugin::api::ListAndWatchResponse {
+        let matches = |devices: &[k8s_accelerator_devplugin::api::Device]| {
+            devices.len() == want.len() && devices.iter().zip(want).all(|(d, (id, h))| d.ID == *id && d.health == *h)
+        };
+        let update = self.kubelet.wait_devices(WAIT, matches).unwrap_or_else(|| {
+            panic!("no list {want:?}; last: {:?}", self.kubelet.updates().last().map(|u| summary(&u.devices)))
+        });
+        let mut list = k8s_accelerator_devplugin::api::ListAndWatchResponse::new();
+        list.devices = update.devices;
+        list
+    }
+
+    /// The plugin with the aws backend and `units` units, plus `extra` flags.
+    pub fn aws(&self, units: &str, extra: &[&str]) -> Plugin {
+        let mut args = vec!["--backend", "aws", "--accel-nbunits", units];
+        args.extend_from_slice(extra);
+        self.plugin(&args)
+    }
+}
