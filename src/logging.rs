@@ -2,6 +2,7 @@
 
 use log::LevelFilter;
 use simplelog::{CombinedLogger, ConfigBuilder, SharedLogger, WriteLogger};
+use std::io::LineWriter;
 use std::path::Path;
 
 /// Sets up logging. A log file that cannot be opened is reported on stderr and otherwise ignored: the
@@ -13,11 +14,14 @@ pub fn init(level: LevelFilter, file: Option<&Path>) {
         .set_thread_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)
         .build();
-    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![WriteLogger::new(level, config.clone(), std::io::stderr())];
+    // simplelog writes a line in several pieces; a LineWriter turns them into one write(2) per line, which
+    // matters on the Allocate path (one line per container) and keeps lines whole when several threads log.
+    let mut loggers: Vec<Box<dyn SharedLogger>> =
+        vec![WriteLogger::new(level, config.clone(), LineWriter::new(std::io::stderr()))];
     let mut file_error = None;
     if let Some(path) = file {
         match std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            Ok(f) => loggers.push(WriteLogger::new(level, config, f)),
+            Ok(f) => loggers.push(WriteLogger::new(level, config, LineWriter::new(f))),
             Err(e) => {
                 file_error = Some(format!("cannot open log file {}: {e}; logging to stderr only", path.display()))
             }
