@@ -72,8 +72,10 @@ fn plugin(bin: &PathBuf) -> Res<()> {
     row("idle: threads, one ListAndWatch stream open", threads.to_string(), "≤ 10");
     row("idle: CPU seconds over 10 s", format!("{cpu:.3} s"), "~0");
 
+    let fds_before = open_fds(pid)?;
+    let rounds: usize = std::env::var("BENCH_RESTARTS").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
     let mut restarts = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..rounds {
         let before = kubelet.accepted();
         let t = Instant::now();
         kubelet.restart()?;
@@ -81,7 +83,12 @@ fn plugin(bin: &PathBuf) -> Res<()> {
         restarts.push(reg.at.duration_since(t));
         kubelet.wait_devices(WAIT, |d| d.len() == 2).ok_or("no list after restart")?;
     }
-    row("kubelet restart → new Register (100 restarts)", p50_max(&mut restarts), "≤ 100 ms p50");
+    row(&format!("kubelet restart → new Register ({rounds} restarts)"), p50_max(&mut restarts), "≤ 100 ms p50");
+    row(
+        &format!("open file descriptors before / after the {rounds} restarts"),
+        format!("{fds_before} / {}", open_fds(pid)?),
+        "no growth",
+    );
 
     let mut changes = Vec::new();
     for i in 0..50 {
@@ -293,6 +300,10 @@ fn rss_threads(pid: u32) -> Res<(u64, u64)> {
         status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
     };
     Ok((field("VmRSS:").ok_or("no VmRSS")?, field("Threads:").ok_or("no Threads")?))
+}
+
+fn open_fds(pid: u32) -> Res<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
 fn cpu_seconds(pid: u32) -> Res<f64> {
