@@ -171,6 +171,13 @@ fn event_loop(
         }
 
         for event in inotify.read() {
+            if event.mask & libc::IN_Q_OVERFLOW != 0 {
+                // Events were dropped: look at everything again rather than guess what was missed.
+                log::warn!("inotify queue overflowed; rescanning and checking the registration");
+                rescan = true;
+                let _ = events.send(Event::Tick);
+                continue;
+            }
             if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
                 if watches.plugins.is(event.wd) {
                     watches.plugins.lost(&settings.device_plugin_path);
