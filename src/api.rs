@@ -6,6 +6,16 @@ include!(concat!(env!("OUT_DIR"), "/proto/mod.rs"));
 pub use api::*;
 pub use api_grpc::*;
 
+/// The gRPC address of a Unix socket.
+pub fn unix_address(path: &std::path::Path) -> String {
+    format!("unix:{}", path.display())
+}
+
+/// A client channel to the Unix socket at `path`.
+pub fn unix_channel(env: &std::sync::Arc<grpcio::Environment>, path: &std::path::Path) -> grpcio::Channel {
+    grpcio::ChannelBuilder::new(std::sync::Arc::clone(env)).connect(&unix_address(path))
+}
+
 /// The API version sent in `RegisterRequest.version`.
 pub const VERSION: &str = "v1beta1";
 /// The kubelet's registration socket, inside the device-plugins directory.

@@ -47,10 +47,10 @@ impl std::error::Error for Error {}
 /// Runs until `control` asks to stop; then stops serving, removes our socket and returns.
 pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
     let socket = settings.device_plugin_path.join(kubelet::socket_name(&settings.resource_name));
-    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+    if kubelet::is_live(&socket) {
         return Err(Error::AlreadyRunning(socket));
     }
-    lifecycle::remove_stale_sockets(&settings.device_plugin_path);
+    kubelet::remove_stale_sockets(&settings.device_plugin_path);
 
     let registry = Registry::shared();
     let mut scanner = Scanner {

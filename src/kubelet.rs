@@ -2,7 +2,7 @@
 
 use crate::api;
 use crate::server;
-use grpcio::{CallOption, ChannelBuilder, Environment};
+use grpcio::{CallOption, Environment};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +37,7 @@ pub fn register_async(
     req: &api::RegisterRequest,
     done: impl FnOnce(Result<(), grpcio::Error>) + Send + 'static,
 ) {
-    let channel = ChannelBuilder::new(Arc::clone(env)).connect(&format!("unix:{}", kubelet_socket.display()));
-    let client = api::RegistrationClient::new(channel);
+    let client = api::RegistrationClient::new(api::unix_channel(env, kubelet_socket));
     match client.register_async_opt(req, CallOption::default().timeout(REGISTER_TIMEOUT)) {
         Ok(call) => {
             // The call fails with "Channel Destroyed" if its client goes away first: keep one in the task.
@@ -50,5 +49,32 @@ pub fn register_async(
             })
         }
         Err(e) => done(Err(e)),
+    }
+}
+
+/// Whether a process accepts connections on the Unix socket at `path`.
+pub fn is_live(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// Removes sockets left by an earlier run of ours: files with our prefix that nobody listens on. A socket
+/// that answers belongs to a live plugin and is left alone.
+pub fn remove_stale_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(SOCKET_PREFIX) || !name.ends_with(".sock") {
+            continue;
+        }
+        let path = entry.path();
+        if is_live(&path) {
+            log::warn!("{} is served by a running process; leaving it alone", path.display());
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::info!("removed stale socket {}", path.display()),
+            Err(e) => log::warn!("cannot remove stale socket {}: {e}", path.display()),
+        }
     }
 }

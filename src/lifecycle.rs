@@ -12,7 +12,7 @@ use crate::server::PluginServer;
 use crossbeam_channel::{at, never, select, unbounded, Receiver, Sender};
 use grpcio::Environment;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -272,26 +272,5 @@ fn describe(e: &grpcio::Error) -> String {
         }
         grpcio::Error::RpcFailure(status) => format!("{:?}", status.code()),
         other => other.to_string(),
-    }
-}
-
-/// Removes sockets left by an earlier run of ours: files with our prefix that nobody listens on. A socket
-/// that answers belongs to a live plugin and is left alone.
-pub fn remove_stale_sockets(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.filter_map(Result::ok) {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.starts_with(kubelet::SOCKET_PREFIX) || !name.ends_with(".sock") {
-            continue;
-        }
-        let path = entry.path();
-        match std::os::unix::net::UnixStream::connect(&path) {
-            Ok(_) => log::warn!("{} is served by a running process; leaving it alone", path.display()),
-            Err(_) => match std::fs::remove_file(&path) {
-                Ok(()) => log::info!("removed stale socket {}", path.display()),
-                Err(e) => log::warn!("cannot remove stale socket {}: {e}", path.display()),
-            },
-        }
     }
 }

@@ -2,7 +2,7 @@
 //! works in a FROM scratch image. It calls GetDevicePluginOptions on the running plugin's socket.
 
 use crate::{api, kubelet};
-use grpcio::{CallOption, ChannelBuilder, EnvBuilder};
+use grpcio::{CallOption, EnvBuilder};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +16,7 @@ pub fn probe(device_plugin_path: &Path, resource_name: &str) -> Result<String, S
         return Err(format!("{} does not exist", socket.display()));
     }
     let env = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("probe").build());
-    let channel = ChannelBuilder::new(env).connect(&format!("unix:{}", socket.display()));
-    let client = api::DevicePluginClient::new(channel);
+    let client = api::DevicePluginClient::new(api::unix_channel(&env, &socket));
     match client.get_device_plugin_options_opt(&api::Empty::new(), CallOption::default().timeout(TIMEOUT)) {
         Ok(o) => Ok(format!(
             "{} answers GetDevicePluginOptions (get_preferred_allocation_available={})",

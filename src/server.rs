@@ -221,7 +221,7 @@ impl PluginServer {
             .register_service(api::create_device_plugin(service))
             .build()
             .map_err(StartError::Grpc)?;
-        let address = format!("unix:{}", socket.display());
+        let address = api::unix_address(socket);
         server.add_listening_port(&address, ServerCredentials::insecure()).map_err(StartError::Grpc)?;
         server.start();
         let identity = identity(socket).map_err(StartError::NoSocket)?;
@@ -240,12 +240,11 @@ impl PluginServer {
         for t in threads {
             let _ = t.join();
         }
-        let intact = self.socket_intact();
         let shutdown = self.server.shutdown();
         self.server.cancel_all_calls();
         let _ = block_on(shutdown);
         // grpc unlinks the path on shutdown; make sure, without touching a newer socket at the same path.
-        if intact && identity(&self.socket).is_ok_and(|id| id == self.identity) {
+        if self.socket_intact() {
             let _ = std::fs::remove_file(&self.socket);
         }
     }

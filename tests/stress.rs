@@ -271,8 +271,7 @@ fn malformed_requests_get_error_statuses_and_the_plugin_keeps_serving() {
 
     // Bytes that are not a valid message: invalid UTF-8 in an ID, a truncated varint, a wrong wire type.
     let raw = grpcio::Client::new(
-        ChannelBuilder::new(Arc::clone(rig.kubelet.env()))
-            .connect(&format!("unix:{}", rig.dir().join(SOCKET).display())),
+        ChannelBuilder::new(Arc::clone(rig.kubelet.env())).connect(&api::unix_address(&rig.dir().join(SOCKET))),
     );
     for bytes in [
         vec![0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe],

@@ -5,8 +5,8 @@ use crate::api;
 use futures_executor::block_on;
 use futures_util::Stream;
 use grpcio::{
-    CallOption, ChannelBuilder, ClientSStreamReceiver, Environment, RpcContext, RpcStatus, RpcStatusCode, Server,
-    ServerBuilder, ServerCredentials, UnarySink,
+    CallOption, ClientSStreamReceiver, Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder,
+    ServerCredentials, UnarySink,
 };
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -162,7 +162,7 @@ fn watch(shared: &Shared, stream: &Mutex<ClientSStreamReceiver<api::ListAndWatch
 
 /// A DevicePlugin client on the plugin socket at `path`.
 pub fn plugin_client(env: &Arc<Environment>, path: &Path) -> api::DevicePluginClient {
-    api::DevicePluginClient::new(ChannelBuilder::new(Arc::clone(env)).connect(&format!("unix:{}", path.display())))
+    api::DevicePluginClient::new(api::unix_channel(env, path))
 }
 
 impl FakeKubelet {
@@ -181,7 +181,7 @@ impl FakeKubelet {
             .register_service(api::create_registration(service))
             .build()
             .map_err(std::io::Error::other)?;
-        let address = format!("unix:{}", self.dir.join(api::KUBELET_SOCKET).display());
+        let address = api::unix_address(&self.dir.join(api::KUBELET_SOCKET));
         server.add_listening_port(&address, ServerCredentials::insecure()).map_err(std::io::Error::other)?;
         server.start();
         self.server = Some(server);

@@ -71,8 +71,7 @@ impl SimNode {
 
     /// `sys/devices/pci<domain>:00/<domain>:00:01.0/<address>` with its `numa_node`.
     pub fn pci_function(&self, address: &str, numa_node: &str) -> io::Result<PathBuf> {
-        let domain = address.split(':').next().unwrap_or("0000");
-        let dir = self.sysfs().join(format!("devices/pci{domain}:00/{domain}:00:01.0/{address}"));
+        let dir = self.function_dir(address);
         fs::create_dir_all(&dir)?;
         write(&dir.join("numa_node"), &format!("{numa_node}\n"))?;
         write(&dir.join("vendor"), "0x8086\n")?;
@@ -146,9 +145,14 @@ impl SimNode {
         symlink_rel(&vf_dir, &pf_dir.join(format!("virtfn{index}")))
     }
 
-    fn find_function(&self, address: &str) -> io::Result<PathBuf> {
+    /// Where the PCI function `address` lives, below a root port of its domain.
+    fn function_dir(&self, address: &str) -> PathBuf {
         let domain = address.split(':').next().unwrap_or("0000");
-        let dir = self.sysfs().join(format!("devices/pci{domain}:00/{domain}:00:01.0/{address}"));
+        self.sysfs().join(format!("devices/pci{domain}:00/{domain}:00:01.0/{address}"))
+    }
+
+    fn find_function(&self, address: &str) -> io::Result<PathBuf> {
+        let dir = self.function_dir(address);
         if dir.is_dir() {
             Ok(dir)
         } else {
