@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, HashSet};
 /// The environment variable that tells a container which units it was given.
 pub const ENV_UNITS: &str = "ACCELERATOR_UNITS";
 
+/// The longest environment string (`NAME=value` and its NUL) that Linux passes to a program: MAX_ARG_STRLEN,
+/// 32 pages of 4 KiB. A container given a longer `ACCELERATOR_UNITS` could not start (execve fails E2BIG).
+pub const MAX_ENV_STRING: usize = 32 * 4096;
+
 /// A request the kubelet should not have sent; it becomes an INVALID_ARGUMENT status.
 #[derive(Debug, PartialEq, Eq)]
 pub struct InvalidRequest(pub String);
@@ -56,7 +60,16 @@ pub fn allocate(snapshot: &Snapshot, req: &api::AllocateRequest) -> Result<api::
     let mut resp = api::AllocateResponse::new();
     for container in &req.container_requests {
         let mut c = api::ContainerAllocateResponse::new();
-        c.envs.insert(ENV_UNITS.to_string(), container.devices_ids.join(","));
+        let units = container.devices_ids.join(",");
+        let env_len = ENV_UNITS.len() + 1 + units.len() + 1;
+        if env_len > MAX_ENV_STRING {
+            return Err(InvalidRequest(format!(
+                "{} devices for one container make {ENV_UNITS} {env_len} bytes long, more than the {MAX_ENV_STRING} \
+                 bytes Linux passes to a program: the container could not start",
+                container.devices_ids.len()
+            )));
+        }
+        c.envs.insert(ENV_UNITS.to_string(), units);
         for id in &container.devices_ids {
             if let Some(node) = snapshot.get(id).and_then(|d| d.node.as_ref()) {
                 let mut spec = api::DeviceSpec::new();
@@ -173,6 +186,24 @@ mod tests {
         let mut rev = all;
         rev.reverse();
         assert_eq!(ask(&s, &rev, &[], 3), ask(&s, &all, &[], 3));
+    }
+
+    #[test]
+    fn an_environment_string_longer_than_linux_passes_is_refused() {
+        let ids: Vec<String> = (0..30_000).map(|i| i.to_string()).collect();
+        let s = snapshot(&ids.iter().map(|id| (id.as_str(), None)).collect::<Vec<_>>());
+        let request = |n: usize| {
+            let mut c = api::ContainerAllocateRequest::new();
+            c.devices_ids = ids[..n].to_vec();
+            let mut req = api::AllocateRequest::new();
+            req.container_requests.push(c);
+            req
+        };
+        // 0..=21845 joined with commas is 119,965 bytes: fits. All 30,000 make 168,889: does not.
+        let ok = allocate(&s, &request(21_846)).unwrap();
+        assert!(ok.container_responses[0].envs[ENV_UNITS].len() + ENV_UNITS.len() + 2 <= MAX_ENV_STRING);
+        let e = allocate(&s, &request(30_000)).unwrap_err();
+        assert!(e.0.contains("30000 devices") && e.0.contains("131072"), "{e}");
     }
 
     #[test]

@@ -11,9 +11,11 @@ pub fn unix_address(path: &std::path::Path) -> String {
     format!("unix:{}", path.display())
 }
 
-/// A client channel to the Unix socket at `path`.
+/// A client channel to the Unix socket at `path`, with a connection of its own. gRPC core otherwise shares
+/// connections ("subchannels") between channels to the same address, process-wide: a new channel to a
+/// `kubelet.sock` that a new kubelet has just replaced would reuse the connection to the old, hung one.
 pub fn unix_channel(env: &std::sync::Arc<grpcio::Environment>, path: &std::path::Path) -> grpcio::Channel {
-    grpcio::ChannelBuilder::new(std::sync::Arc::clone(env)).connect(&unix_address(path))
+    grpcio::ChannelBuilder::new(std::sync::Arc::clone(env)).use_local_subchannel_pool(true).connect(&unix_address(path))
 }
 
 /// The API version sent in `RegisterRequest.version`.

@@ -142,7 +142,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                 validate_resource_name(&v).map_err(|why| UsageError(format!("{flag}: {v:?} {why}")))?;
                 opts.resource_name = v;
             }
-            Long("device-plugin-path") => opts.device_plugin_path = path(value(&mut parser)?, &flag)?,
+            Long("device-plugin-path") => {
+                let dir = path(value(&mut parser)?, &flag)?;
+                crate::endpoint::check_dir(&dir).map_err(|e| UsageError(format!("{flag}: {e}")))?;
+                opts.device_plugin_path = dir;
+            }
             Long("sysfs-root") => opts.sysfs_root = path(value(&mut parser)?, &flag)?,
             Long("dev-root") => opts.dev_root = path(value(&mut parser)?, &flag)?,
             Long("scan-interval") => {
@@ -185,9 +189,19 @@ fn single_dash_to_double(arg: OsString) -> OsString {
     arg
 }
 
+/// Linux's PATH_MAX, with the terminating NUL: no longer path can be opened.
+const PATH_MAX: usize = 4096;
+
 fn path(v: String, flag: &str) -> Result<PathBuf, UsageError> {
     if v.is_empty() {
         return Err(UsageError(format!("{flag}: the path is empty")));
+    }
+    if v.len() >= PATH_MAX {
+        return Err(UsageError(format!(
+            "{flag}: the path is {} bytes long; the system takes paths of at most {} bytes (PATH_MAX)",
+            v.len(),
+            PATH_MAX - 1
+        )));
     }
     Ok(PathBuf::from(v))
 }
@@ -288,6 +302,8 @@ mod tests {
             (&["--frobnicate"], "--frobnicate"),
             (&["--dev-root"], "--dev-root"),
             (&["stray"], "stray"),
+            (&["--device-plugin-path", &format!("/{}", "d".repeat(103))], "104 bytes long"),
+            (&["--sysfs-root", &format!("/{}", "s".repeat(4095))], "PATH_MAX"),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.0.contains(needle), "{args:?}: {e}");

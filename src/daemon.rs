@@ -8,7 +8,7 @@ use crate::discovery::{self, Backend, Roots};
 use crate::lifecycle::{self, Event};
 use crate::registry::{self, Registry, SharedRegistry};
 use crate::watch::{self, Inotify};
-use crate::{api, kubelet};
+use crate::{api, endpoint};
 use crossbeam_channel::Sender;
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
@@ -28,15 +28,15 @@ pub struct Settings {
 
 #[derive(Debug)]
 pub enum Error {
-    /// Another process serves our socket: two instances would steal each other's registration.
-    AlreadyRunning(PathBuf),
+    /// The device-plugins directory leaves no room for a socket name: a configuration that can never work.
+    Config(endpoint::DirTooLong),
     Setup(&'static str, std::io::Error),
 }
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::AlreadyRunning(p) => write!(f, "another plugin instance is serving {}", p.display()),
+            Error::Config(e) => write!(f, "{e}"),
             Error::Setup(what, e) => write!(f, "cannot {what}: {e}"),
         }
     }
@@ -44,13 +44,11 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Runs until `control` asks to stop; then stops serving, removes our socket and returns.
+/// Runs until `control` asks to stop; then stops serving, removes our socket and returns. While another
+/// instance serves the same socket, it waits for that one to stop (see `instance`).
 pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
-    let socket = settings.device_plugin_path.join(kubelet::socket_name(&settings.resource_name));
-    if kubelet::is_live(&socket) {
-        return Err(Error::AlreadyRunning(socket));
-    }
-    kubelet::remove_stale_sockets(&settings.device_plugin_path);
+    let socket_name =
+        endpoint::socket_name(&settings.device_plugin_path, &settings.resource_name).map_err(Error::Config)?;
 
     let registry = Registry::shared();
     let mut scanner = Scanner {
@@ -65,14 +63,18 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
     let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("grpc").build());
     let (events, lifecycle) = lifecycle::spawn(
         env,
-        lifecycle::Settings { dir: settings.device_plugin_path.clone(), resource_name: settings.resource_name.clone() },
+        lifecycle::Settings {
+            dir: settings.device_plugin_path.clone(),
+            resource_name: settings.resource_name.clone(),
+            socket_name: socket_name.clone(),
+        },
         Arc::clone(&registry),
     )
     .map_err(|e| Error::Setup("start the registration thread", e))?;
 
     let inotify = Inotify::new().map_err(|e| Error::Setup("create an inotify instance", e))?;
     let mut watches = Watches::default();
-    let result = event_loop(&settings, &control, &inotify, &mut watches, &mut scanner, &events);
+    let result = event_loop(&settings, &socket_name, &control, &inotify, &mut watches, &mut scanner, &events);
 
     let _ = events.send(Event::Shutdown);
     let _ = lifecycle.join();
@@ -133,13 +135,13 @@ impl Watches {
 
 fn event_loop(
     settings: &Settings,
+    own_socket: &str,
     control: &Control,
     inotify: &Inotify,
     watches: &mut Watches,
     scanner: &mut Scanner,
     events: &Sender<Event>,
 ) -> Result<(), Error> {
-    let own_socket = kubelet::socket_name(&settings.resource_name);
     watches.ensure(inotify, settings);
     let mut next_tick = Instant::now() + settings.scan_interval;
     loop {

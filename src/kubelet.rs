@@ -1,23 +1,16 @@
-//! The kubelet side of registration: the Register call and the socket names in the device-plugins directory.
+//! The kubelet side of registration: the Register call, and the clean-up of our sockets left by earlier runs.
 
-use crate::api;
-use crate::server;
-use grpcio::{CallOption, Environment};
+use crate::{api, endpoint, instance, server};
+use futures_util::FutureExt;
+use grpcio::{CallOption, ClientUnaryReceiver, Environment};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// How long a Register may take. Kubelets ≥ 1.25 dial us and call GetDevicePluginOptions inside Register,
 /// each step with a 10 s timeout; past that the attempt is abandoned and retried.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Our sockets are named `<PREFIX><resource name with / as _>.sock`, so that stale ones from an earlier run
-/// can be told from other plugins' sockets.
-pub const SOCKET_PREFIX: &str = "k8s-accel-";
-
-pub fn socket_name(resource_name: &str) -> String {
-    format!("{SOCKET_PREFIX}{}.sock", resource_name.replace('/', "_"))
-}
 
 pub fn register_request(resource_name: &str, endpoint: &str) -> api::RegisterRequest {
     let mut req = api::RegisterRequest::new();
@@ -28,48 +21,67 @@ pub fn register_request(resource_name: &str, endpoint: &str) -> api::RegisterReq
     req
 }
 
-/// Starts a Register call on `kubelet_socket` and returns at once; `done` receives the outcome. A fresh
-/// channel every time: a grpc channel that failed once waits out its own reconnect backoff (1 s and more),
-/// which would delay registering with a kubelet that just came back.
+/// A Register call in flight.
+pub struct PendingRegister {
+    call: Arc<Mutex<ClientUnaryReceiver<api::Empty>>>,
+}
+
+impl PendingRegister {
+    /// Cancels the call: its outcome is then CANCELLED, at once, instead of waiting for its deadline.
+    pub fn cancel(&self) {
+        self.call.lock().unwrap_or_else(PoisonError::into_inner).cancel();
+    }
+}
+
+/// Starts a Register call on `kubelet_socket` and returns at once; `done` receives the outcome. Each call
+/// dials the `kubelet.sock` that exists now, on a connection of its own (see `api::unix_channel`): a
+/// connection shared with an earlier call could still be stuck on a hung kubelet whose socket was replaced.
 pub fn register_async(
     env: &Arc<Environment>,
     kubelet_socket: &Path,
     req: &api::RegisterRequest,
     done: impl FnOnce(Result<(), grpcio::Error>) + Send + 'static,
-) {
+) -> Option<PendingRegister> {
     let client = api::RegistrationClient::new(api::unix_channel(env, kubelet_socket));
     match client.register_async_opt(req, CallOption::default().timeout(REGISTER_TIMEOUT)) {
         Ok(call) => {
+            let call = Arc::new(Mutex::new(call));
+            let polled = Arc::clone(&call);
             // The call fails with "Channel Destroyed" if its client goes away first: keep one in the task.
             let keep = client.clone();
             client.spawn(async move {
-                let result = call.await.map(drop);
+                // The lock is held only while polling, so that `cancel` can get in between.
+                let result =
+                    std::future::poll_fn(|cx| polled.lock().unwrap_or_else(PoisonError::into_inner).poll_unpin(cx))
+                        .await
+                        .map(drop);
                 drop(keep);
                 done(result)
-            })
+            });
+            Some(PendingRegister { call })
         }
-        Err(e) => done(Err(e)),
+        Err(e) => {
+            done(Err(e));
+            None
+        }
     }
 }
 
-/// Whether a process accepts connections on the Unix socket at `path`.
-pub fn is_live(path: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(path).is_ok()
-}
-
-/// Removes sockets left by an earlier run of ours: files with our prefix that nobody listens on. A socket
-/// that answers belongs to a live plugin and is left alone.
-pub fn remove_stale_sockets(dir: &Path) {
+/// Removes sockets left by earlier runs of ours (any resource, any version): files named like ours that
+/// nobody listens on and that no live process owns (their lock is free). `own` is the socket we own and are
+/// about to serve: a file there is ours to remove (its lock is ours, so only the listening check applies).
+pub fn remove_stale_sockets(dir: &Path, own: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !name.starts_with(SOCKET_PREFIX) || !name.ends_with(".sock") {
+        if !endpoint::is_ours(name) || !entry.file_type().is_ok_and(|t| t.is_socket()) {
             continue;
         }
         let path = entry.path();
-        if is_live(&path) {
-            log::warn!("{} is served by a running process; leaving it alone", path.display());
+        let owned_elsewhere = name != own && instance::held_elsewhere(dir, name) == Some(true);
+        if owned_elsewhere || endpoint::is_live(&path) {
+            log::info!("{} belongs to another running instance; leaving it alone", path.display());
             continue;
         }
         match std::fs::remove_file(&path) {

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod device;
 pub mod discovery;
+pub mod endpoint;
 pub mod fuzzing;
 
 #[cfg(feature = "grpc")]
@@ -20,6 +21,8 @@ pub mod api;
 pub mod control;
 #[cfg(feature = "grpc")]
 pub mod daemon;
+#[cfg(feature = "grpc")]
+pub mod instance;
 #[cfg(feature = "grpc")]
 pub mod kubelet;
 #[cfg(feature = "grpc")]

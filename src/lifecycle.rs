@@ -1,12 +1,14 @@
 //! The registration thread: keeps our server socket alive and the kubelet aware of it.
 //!
-//! It (re)starts the server on a fresh socket and registers whenever the kubelet comes back (`kubelet.sock`
-//! recreated), our socket is deleted, the last ListAndWatch stream is dropped by the kubelet, or SIGHUP asks
-//! for it. Register calls run asynchronously, so this thread never blocks on a kubelet that does not answer
-//! and always handles shutdown at once.
+//! It claims our socket (waiting while another instance owns it, see `instance`), then (re)starts the server
+//! on a fresh socket and registers whenever the kubelet comes back (`kubelet.sock` recreated), our socket is
+//! deleted, a kubelet that stays up drops the last ListAndWatch stream, or SIGHUP asks for it. Register
+//! calls run asynchronously, so this thread never blocks on a kubelet that does not answer and always
+//! handles shutdown at once; a Register that a restart supersedes is cancelled.
 
 use crate::api;
-use crate::kubelet;
+use crate::instance::{self, Claim, Ownership};
+use crate::kubelet::{self, PendingRegister};
 use crate::registry::SharedRegistry;
 use crate::server::PluginServer;
 use crossbeam_channel::{at, never, select, unbounded, Receiver, Sender};
@@ -46,28 +48,57 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 pub struct Settings {
     pub dir: PathBuf,
     pub resource_name: String,
+    /// Our socket's file name in `dir` (see `endpoint::socket_name`).
+    pub socket_name: String,
+}
+
+/// A restart asked for, done when the burst of events has settled.
+struct PendingRestart {
+    at: Instant,
+    /// Every reason given during the burst: the restart happens if one of them still holds then.
+    reasons: Vec<(&'static str, Condition)>,
+}
+
+/// When a reason for a restart still holds once the burst has settled. A kubelet restart shows up as
+/// several events, some of which are ambiguous on their own; these conditions make one kubelet restart
+/// cause one Register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Condition {
+    Always,
+    /// A closed stream: only if the kubelet we registered with is still there (it dropped us). If it has
+    /// gone away, it is restarting, and its new `kubelet.sock` will be another event.
+    KubeletStayed,
+    /// A new `kubelet.sock`: only if our latest Register did not already dial it (a restart for another
+    /// event of the same burst may have reached the new kubelet first).
+    KubeletNotDialed,
 }
 
 struct Lifecycle {
     env: Arc<Environment>,
     settings: Settings,
-    socket_name: String,
     registry: SharedRegistry,
     events_tx: Sender<Event>,
     results_tx: Sender<(u64, Result<(), grpcio::Error>)>,
+    /// The lock that makes the socket ours (see `instance`); None until we own it.
+    owner: Option<Ownership>,
+    /// While another instance owns the socket: where the waiting thread reports that we own it now.
+    waiting: Option<Receiver<std::io::Result<Ownership>>>,
     server: Option<PluginServer>,
     /// Bumped on every server start; events from older servers are ignored.
     generation: u64,
     /// Bumped on every Register; only the latest attempt's result counts.
     attempt: u64,
+    /// The latest Register, while it is in flight: cancelled when a restart supersedes it.
+    pending: Option<PendingRegister>,
     retry_in: Duration,
     /// When to try again after a failure.
     retry_at: Option<Instant>,
-    /// A restart asked for, with its first reason: done when the burst of events has settled.
-    restart_at: Option<(Instant, &'static str)>,
+    restart_at: Option<PendingRestart>,
     /// Failures in a row, to log the first at info and the rest at debug.
     failures: u32,
-    /// Inode of the kubelet.sock we registered with.
+    /// Inode of the kubelet.sock our latest Register dialed (as found just before dialing), and of the one
+    /// we are registered with.
+    dialed: Option<u64>,
     registered_with: Option<u64>,
 }
 
@@ -82,18 +113,21 @@ pub fn spawn(
     let (results_tx, results) = unbounded();
     let lifecycle = Lifecycle {
         env,
-        socket_name: kubelet::socket_name(&settings.resource_name),
         settings,
         registry,
         events_tx: events_tx.clone(),
         results_tx,
+        owner: None,
+        waiting: None,
         server: None,
         generation: 0,
         attempt: 0,
+        pending: None,
         retry_in: FIRST_RETRY,
         retry_at: None,
         restart_at: None,
         failures: 0,
+        dialed: None,
         registered_with: None,
     };
     let handle =
@@ -103,7 +137,7 @@ pub fn spawn(
 
 impl Lifecycle {
     fn socket(&self) -> PathBuf {
-        self.settings.dir.join(&self.socket_name)
+        self.settings.dir.join(&self.settings.socket_name)
     }
 
     fn kubelet_socket(&self) -> PathBuf {
@@ -114,7 +148,8 @@ impl Lifecycle {
         self.restart("starting");
         loop {
             let timer = self.retry_at.map(at).unwrap_or_else(never);
-            let settled = self.restart_at.map(|(when, _)| at(when)).unwrap_or_else(never);
+            let settled = self.restart_at.as_ref().map(|r| at(r.at)).unwrap_or_else(never);
+            let owned = self.waiting.clone().unwrap_or_else(never);
             select! {
                 recv(events) -> event => match event {
                     Ok(Event::Shutdown) | Err(_) => break,
@@ -125,11 +160,7 @@ impl Lifecycle {
                         self.registered(attempt, result);
                     }
                 },
-                recv(settled) -> _ => {
-                    if let Some((_, why)) = self.restart_at.take() {
-                        self.restart(why);
-                    }
-                },
+                recv(settled) -> _ => self.settled(),
                 recv(timer) -> _ => {
                     self.retry_at = None;
                     if self.server.is_some() {
@@ -138,28 +169,38 @@ impl Lifecycle {
                         self.restart("retrying");
                     }
                 },
+                recv(owned) -> owned => self.took_over(owned.unwrap_or_else(|_| {
+                    Err(std::io::Error::other("the thread waiting for the other instance ended"))
+                })),
             }
+        }
+        if let Some(pending) = self.pending.take() {
+            pending.cancel();
         }
         if let Some(server) = self.server.take() {
             server.stop();
             log::info!("stopped serving on {}", self.socket().display());
         }
+        // Only now, with the socket gone, may a waiting instance take over.
+        drop(self.owner.take());
     }
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::KubeletSocketCreated => self.schedule_restart("kubelet.sock was created: the kubelet restarted"),
+            Event::KubeletSocketCreated => {
+                self.schedule_restart("kubelet.sock was created: the kubelet restarted", Condition::KubeletNotDialed)
+            }
             Event::OwnSocketDeleted => {
                 // Our own restarts delete the old socket too; only a socket that is really gone matters.
                 if !self.server.as_ref().is_some_and(PluginServer::socket_intact) {
-                    self.schedule_restart("our socket was deleted");
+                    self.schedule_restart("our socket was deleted", Condition::Always);
                 }
             }
             Event::StreamsGone { generation } if generation == self.generation => {
-                self.schedule_restart("the kubelet closed its last ListAndWatch stream")
+                self.schedule_restart("the kubelet closed its last ListAndWatch stream", Condition::KubeletStayed)
             }
             Event::StreamsGone { .. } => {}
-            Event::Reregister => self.schedule_restart("SIGHUP"),
+            Event::Reregister => self.schedule_restart("SIGHUP", Condition::Always),
             Event::Tick => self.check(),
             Event::Shutdown => {}
         }
@@ -167,34 +208,100 @@ impl Lifecycle {
 
     /// The fallback for missed filesystem events: compare what is on disk with what we registered.
     fn check(&mut self) {
+        if self.owner.as_ref().is_some_and(|o| !o.intact()) {
+            // Someone removed our lock file: a new instance could lock a new one and take the socket. Stop
+            // serving and claim the socket again, as at start.
+            log::warn!("our lock file was removed; claiming {} again", self.socket().display());
+            self.owner = None;
+            return self.restart("our lock file was removed");
+        }
         if let Some(server) = &self.server {
             if !server.socket_intact() {
-                return self.schedule_restart("our socket is gone");
+                return self.schedule_restart("our socket is gone", Condition::Always);
             }
         }
         if let (Some(registered), Ok(meta)) = (self.registered_with, std::fs::metadata(self.kubelet_socket())) {
             if meta.ino() != registered {
-                self.schedule_restart("kubelet.sock was replaced: the kubelet restarted");
+                self.schedule_restart("kubelet.sock was replaced: the kubelet restarted", Condition::Always);
             }
         }
     }
 
-    fn schedule_restart(&mut self, why: &'static str) {
-        if self.restart_at.is_none() {
-            self.restart_at = Some((Instant::now() + SETTLE, why));
+    fn schedule_restart(&mut self, why: &'static str, condition: Condition) {
+        let pending =
+            self.restart_at.get_or_insert_with(|| PendingRestart { at: Instant::now() + SETTLE, reasons: Vec::new() });
+        pending.reasons.push((why, condition));
+    }
+
+    fn settled(&mut self) {
+        let Some(pending) = self.restart_at.take() else { return };
+        match pending.reasons.iter().find(|(_, condition)| self.holds(*condition)) {
+            Some((why, _)) => self.restart(why),
+            None => {
+                let whys: Vec<&str> = pending.reasons.iter().map(|(why, _)| *why).collect();
+                if pending.reasons.iter().any(|(_, c)| *c == Condition::KubeletStayed) {
+                    self.registered_with = None;
+                }
+                log::info!(
+                    "{}: nothing to do, the kubelet at {} {}",
+                    whys.join(", "),
+                    self.kubelet_socket().display(),
+                    if self.dialed_current_kubelet() {
+                        "already has our Register"
+                    } else {
+                        "is gone: registering again when it is back"
+                    }
+                );
+            }
         }
     }
 
-    /// Serves on a fresh socket, then registers (the kubelet dials us during Register).
+    fn holds(&self, condition: Condition) -> bool {
+        match condition {
+            Condition::Always => true,
+            Condition::KubeletStayed => self.kubelet_stayed(),
+            Condition::KubeletNotDialed => !self.dialed_current_kubelet(),
+        }
+    }
+
+    /// Whether the kubelet we registered with still answers at the same `kubelet.sock`.
+    fn kubelet_stayed(&self) -> bool {
+        let socket = self.kubelet_socket();
+        self.registered_with.is_some()
+            && self.inode(&socket) == self.registered_with
+            && crate::endpoint::is_live(&socket)
+    }
+
+    /// Whether our server runs and our latest Register went to the `kubelet.sock` that is there now.
+    fn dialed_current_kubelet(&self) -> bool {
+        self.server.is_some() && self.dialed.is_some() && self.inode(&self.kubelet_socket()) == self.dialed
+    }
+
+    fn inode(&self, path: &std::path::Path) -> Option<u64> {
+        std::fs::metadata(path).ok().map(|m| m.ino())
+    }
+
+    /// Serves on a fresh socket, then registers (the kubelet dials us during Register). Claims the socket
+    /// first if it is not ours yet.
     fn restart(&mut self, why: &str) {
         self.restart_at = None;
+        if self.waiting.is_some() {
+            return; // another instance serves: nothing to restart until it stops
+        }
+        if let Some(pending) = self.pending.take() {
+            pending.cancel();
+        }
         if let Some(server) = self.server.take() {
             server.stop();
         }
         self.registered_with = None;
+        self.dialed = None;
+        if self.owner.is_none() && !self.claim() {
+            return;
+        }
         self.generation += 1;
         let socket = self.socket();
-        log::info!("serving on {} ({why})", socket.display());
+        log::info!("serving {} on {} ({why})", self.settings.resource_name, socket.display());
         match PluginServer::start(
             Arc::clone(&self.env),
             &socket,
@@ -213,13 +320,79 @@ impl Lifecycle {
         }
     }
 
+    /// Takes ownership of our socket, or starts waiting for the instance that has it. True if ours.
+    fn claim(&mut self) -> bool {
+        let socket = self.socket();
+        match instance::claim(&self.settings.dir, &self.settings.socket_name) {
+            Ok(Claim::Owned(owner)) => {
+                log::debug!("own {} (lock {})", socket.display(), owner.path().display());
+                self.owner = Some(owner);
+                kubelet::remove_stale_sockets(&self.settings.dir, &self.settings.socket_name);
+                true
+            }
+            Ok(claim) => {
+                let who = match claim {
+                    Claim::Answering(_) => "a process that holds no lock (an older version of this plugin)",
+                    _ => "another instance",
+                };
+                log::info!(
+                    "{who} serves {} on {}; waiting for it to stop",
+                    self.settings.resource_name,
+                    socket.display()
+                );
+                drop(claim); // an Answering claim holds the lock: the waiting thread takes it again
+                self.wait_for_owner();
+                false
+            }
+            Err(e) => {
+                self.failed(log::Level::Warn, format_args!("cannot serve on {}: {e}", socket.display()));
+                false
+            }
+        }
+    }
+
+    fn wait_for_owner(&mut self) {
+        let (tx, rx) = unbounded();
+        let (dir, name) = (self.settings.dir.clone(), self.settings.socket_name.clone());
+        let spawned = std::thread::Builder::new().name("wait-for-owner".into()).spawn(move || {
+            let _ = tx.send(instance::wait(&dir, &name));
+        });
+        match spawned {
+            Ok(_) => self.waiting = Some(rx),
+            Err(e) => {
+                self.failed(log::Level::Warn, format_args!("cannot start a thread to wait for the other instance: {e}"))
+            }
+        }
+    }
+
+    fn took_over(&mut self, owned: std::io::Result<Ownership>) {
+        self.waiting = None;
+        match owned {
+            Ok(owner) => {
+                log::info!("the other instance has stopped: taking over {}", self.socket().display());
+                self.owner = Some(owner);
+                kubelet::remove_stale_sockets(&self.settings.dir, &self.settings.socket_name);
+                self.restart("took over from the other instance");
+            }
+            Err(e) => {
+                let socket = self.socket();
+                self.failed(log::Level::Warn, format_args!("cannot serve on {}: {e}", socket.display()));
+            }
+        }
+    }
+
     fn register(&mut self) {
         self.retry_at = None;
+        if let Some(pending) = self.pending.take() {
+            pending.cancel();
+        }
         self.attempt += 1;
         let attempt = self.attempt;
-        let req = kubelet::register_request(&self.settings.resource_name, &self.socket_name);
+        // Before dialing: a kubelet.sock replaced in between is seen as new, so at worst registered twice.
+        self.dialed = self.inode(&self.kubelet_socket());
+        let req = kubelet::register_request(&self.settings.resource_name, &self.settings.socket_name);
         let results = self.results_tx.clone();
-        kubelet::register_async(&self.env, &self.kubelet_socket(), &req, move |result| {
+        self.pending = kubelet::register_async(&self.env, &self.kubelet_socket(), &req, move |result| {
             let _ = results.send((attempt, result));
         });
     }
@@ -228,16 +401,17 @@ impl Lifecycle {
         if attempt != self.attempt {
             return;
         }
+        self.pending = None;
         match result {
             Ok(()) => {
-                self.registered_with = std::fs::metadata(self.kubelet_socket()).ok().map(|m| m.ino());
+                self.registered_with = self.dialed;
                 self.failures = 0;
                 self.retry_in = FIRST_RETRY;
                 log::info!(
                     "registered {} with the kubelet at {} (endpoint {})",
                     self.settings.resource_name,
                     self.kubelet_socket().display(),
-                    self.socket_name
+                    self.settings.socket_name
                 );
             }
             Err(e) => {

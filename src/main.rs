@@ -4,6 +4,16 @@ use k8s_accelerator_devplugin::discovery::{Backend, Roots};
 use k8s_accelerator_devplugin::{control, logging, probe};
 use std::process::ExitCode;
 
+/// Sends gRPC core's own messages to our log rather than straight to stderr. Its info and debug messages are
+/// about its internals (pollers, LB policies), so only its errors are kept unless the level is `trace`.
+/// (`redirect_log` takes gRPC core's verbosity from the `log` crate's maximum level at the time of the call.)
+fn redirect_grpc_log(level: log::LevelFilter) {
+    let grpc_level = if level == log::LevelFilter::Trace { level } else { level.min(log::LevelFilter::Warn) };
+    log::set_max_level(grpc_level);
+    grpcio::redirect_log();
+    log::set_max_level(level);
+}
+
 fn main() -> ExitCode {
     let options = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(options)) => options,
@@ -33,6 +43,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init(options.log_level, options.log_file.as_deref());
+    redirect_grpc_log(options.log_level);
 
     let backend = match options.backend {
         Some(BackendChoice::Intel) => Backend::Intel,

@@ -1,7 +1,7 @@
 //! `k8s-accelerator-devplugin probe`: a liveness check that needs nothing but the binary itself, so that it
 //! works in a FROM scratch image. It calls GetDevicePluginOptions on the running plugin's socket.
 
-use crate::{api, kubelet};
+use crate::{api, endpoint};
 use grpcio::{CallOption, EnvBuilder};
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +11,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Ok with a description of the answer, or why the plugin is not healthy.
 pub fn probe(device_plugin_path: &Path, resource_name: &str) -> Result<String, String> {
-    let socket = device_plugin_path.join(kubelet::socket_name(resource_name));
+    let name = endpoint::socket_name(device_plugin_path, resource_name).map_err(|e| e.to_string())?;
+    let socket = device_plugin_path.join(name);
     if !socket.exists() {
         return Err(format!("{} does not exist", socket.display()));
     }

@@ -192,7 +192,10 @@ pub struct PluginServer {
 
 #[derive(Debug)]
 pub enum StartError {
+    /// The server could not be built.
     Grpc(grpcio::Error),
+    /// The socket could not be bound; the reason is the system's (see `why_bind_failed`).
+    Bind(std::io::Error),
     /// The socket did not appear after binding.
     NoSocket(std::io::Error),
 }
@@ -200,8 +203,31 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Grpc(e) => write!(f, "{e}"),
-            StartError::NoSocket(e) => write!(f, "socket missing after bind: {e}"),
+            StartError::Grpc(e) => write!(f, "cannot start a gRPC server: {e}"),
+            StartError::Bind(e) => write!(f, "cannot bind the socket: {e}"),
+            StartError::NoSocket(e) => write!(f, "the socket is missing after binding it: {e}"),
+        }
+    }
+}
+
+/// gRPC core reports a failed bind as a bare "BindFail": find the system's reason by doing what it does
+/// (remove a file at the path, then bind) with the standard library. Only called on a socket we own.
+fn why_bind_failed(socket: &Path) -> std::io::Error {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    if let Err(e) = std::fs::metadata(dir) {
+        return std::io::Error::new(e.kind(), format!("the directory {} is not usable: {e}", dir.display()));
+    }
+    if std::fs::symlink_metadata(socket).is_ok_and(|m| !m.is_dir()) {
+        if let Err(e) = std::fs::remove_file(socket) {
+            return std::io::Error::new(e.kind(), format!("cannot remove the file in the way: {e}"));
+        }
+    }
+    match std::os::unix::net::UnixListener::bind(socket) {
+        Err(e) => e,
+        Ok(listener) => {
+            drop(listener);
+            let _ = std::fs::remove_file(socket);
+            std::io::Error::other("gRPC core refused it, although the system allows it (see gRPC's own log line)")
         }
     }
 }
@@ -222,7 +248,9 @@ impl PluginServer {
             .build()
             .map_err(StartError::Grpc)?;
         let address = api::unix_address(socket);
-        server.add_listening_port(&address, ServerCredentials::insecure()).map_err(StartError::Grpc)?;
+        if server.add_listening_port(&address, ServerCredentials::insecure()).is_err() {
+            return Err(StartError::Bind(why_bind_failed(socket)));
+        }
         server.start();
         let identity = identity(socket).map_err(StartError::NoSocket)?;
         Ok(PluginServer { server, socket: socket.to_path_buf(), identity, registry, streams })

@@ -150,19 +150,6 @@ fn stale_sockets_of_ours_are_removed_and_live_ones_are_left_alone() {
 }
 
 #[test]
-fn a_second_instance_for_the_same_resource_refuses_to_start() {
-    let rig = Rig::new();
-    let _first = rig.aws("2", &[]);
-    rig.kubelet.wait_registration(1, WAIT).unwrap();
-    let mut second = rig.aws("2", &[]);
-    let status = second.wait_exit(WAIT).expect("the second instance exits");
-    assert_eq!(status.code(), Some(1));
-    assert!(second.log().contains("another plugin instance is serving"), "{}", second.log());
-    // The first one is untouched.
-    rig.kubelet.plugin().unwrap().get_device_plugin_options(&Default::default()).unwrap();
-}
-
-#[test]
 fn an_unwritable_log_file_is_a_warning_and_a_writable_one_gets_the_log() {
     let rig = Rig::new();
     let p = rig.aws("2", &["--log-file", "/nonexistent/dir/plugin.log"]);
@@ -296,6 +283,9 @@ fn a_missed_directory_event_is_caught_by_the_periodic_check() {
     let kubelet = FakeKubelet::start(&dir).unwrap();
     kubelet.wait_registration(1, WAIT).expect("registered with the kubelet in the new directory");
     let log = p.log();
-    assert!(log.contains("our socket is gone") || log.contains("kubelet.sock was replaced"), "{log}");
+    // Each of these is a finding of the periodic check: the lock file, our socket and kubelet.sock are all
+    // in the old directory now.
+    let periodic = ["our lock file was removed", "our socket is gone", "kubelet.sock was replaced"];
+    assert!(periodic.iter().any(|why| log.contains(why)), "{log}");
     assert!(!log.contains("kubelet.sock was created"), "seen through inotify after all:\n{log}");
 }

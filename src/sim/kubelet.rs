@@ -8,6 +8,7 @@ use grpcio::{
     CallOption, ClientSStreamReceiver, Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder,
     ServerCredentials, UnarySink,
 };
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -38,16 +39,23 @@ pub struct Registration {
 #[derive(Clone, Debug)]
 pub struct Update {
     pub at: Instant,
+    /// The resource whose stream sent it.
+    pub resource: String,
     pub devices: Vec<api::Device>,
 }
+
+type ListStream = Arc<Mutex<ClientSStreamReceiver<api::ListAndWatchResponse>>>;
 
 #[derive(Default)]
 struct State {
     registrations: Vec<Registration>,
     updates: Vec<Update>,
     behavior: Behavior,
-    streams: Vec<Arc<Mutex<ClientSStreamReceiver<api::ListAndWatchResponse>>>>,
-    plugin: Option<api::DevicePluginClient>,
+    /// Like the kubelet: one endpoint, so one ListAndWatch stream, per resource name.
+    streams: HashMap<String, ListStream>,
+    /// The client of each resource's endpoint, and the resource registered last.
+    plugins: HashMap<String, api::DevicePluginClient>,
+    last: Option<String>,
     hung: Vec<UnarySink<api::Empty>>,
 }
 
@@ -68,6 +76,8 @@ pub struct FakeKubelet {
     env: Arc<Environment>,
     shared: Arc<Shared>,
     server: Option<Server>,
+    /// Device and inode of the `kubelet.sock` we serve, so that stopping never removes a newer kubelet's.
+    socket: Option<(u64, u64)>,
 }
 
 #[derive(Clone)]
@@ -125,26 +135,28 @@ impl Service {
             .list_and_watch_opt(&api::Empty::new(), CallOption::default())
             .map_err(|e| RpcStatus::with_message(RpcStatusCode::UNKNOWN, format!("ListAndWatch: {e}")))?;
         let stream = Arc::new(Mutex::new(stream));
+        let resource = req.resource_name.clone();
         {
             let mut state = self.shared.lock();
             state.registrations[index].options = Some(options);
-            // Like the kubelet, a new registration of the resource replaces the old endpoint.
-            for old in state.streams.drain(..) {
+            // Like the kubelet, a new registration of a resource replaces that resource's old endpoint, and
+            // only that one.
+            if let Some(old) = state.streams.insert(resource.clone(), Arc::clone(&stream)) {
                 old.lock().unwrap_or_else(PoisonError::into_inner).cancel();
             }
-            state.streams.push(Arc::clone(&stream));
-            state.plugin = Some(client);
+            state.plugins.insert(resource.clone(), client);
+            state.last = Some(resource.clone());
             self.shared.changed.notify_all();
         }
         let shared = Arc::clone(&self.shared);
-        std::thread::spawn(move || watch(&shared, &stream));
+        std::thread::spawn(move || watch(&shared, &resource, &stream));
         Ok(())
     }
 }
 
 /// Records every list of one ListAndWatch stream until it ends. The lock is held only while polling, so
 /// `cancel` can get in between (and its completion wakes the poll).
-fn watch(shared: &Shared, stream: &Mutex<ClientSStreamReceiver<api::ListAndWatchResponse>>) {
+fn watch(shared: &Shared, resource: &str, stream: &Mutex<ClientSStreamReceiver<api::ListAndWatchResponse>>) {
     loop {
         let next = block_on(std::future::poll_fn(|cx| {
             let mut s = stream.lock().unwrap_or_else(PoisonError::into_inner);
@@ -152,12 +164,18 @@ fn watch(shared: &Shared, stream: &Mutex<ClientSStreamReceiver<api::ListAndWatch
         }));
         match next {
             Some(Ok(list)) => {
-                shared.lock().updates.push(Update { at: Instant::now(), devices: list.devices });
+                let update = Update { at: Instant::now(), resource: resource.to_string(), devices: list.devices };
+                shared.lock().updates.push(update);
                 shared.changed.notify_all();
             }
             Some(Err(_)) | None => return,
         }
     }
+}
+
+fn socket_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// A DevicePlugin client on the plugin socket at `path`.
@@ -170,7 +188,8 @@ impl FakeKubelet {
     pub fn start(dir: &Path) -> std::io::Result<FakeKubelet> {
         std::fs::create_dir_all(dir)?;
         let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("fake-kubelet").build());
-        let mut kubelet = FakeKubelet { dir: dir.to_path_buf(), env, shared: Arc::default(), server: None };
+        let mut kubelet =
+            FakeKubelet { dir: dir.to_path_buf(), env, shared: Arc::default(), server: None, socket: None };
         kubelet.serve()?;
         Ok(kubelet)
     }
@@ -185,6 +204,7 @@ impl FakeKubelet {
         server.add_listening_port(&address, ServerCredentials::insecure()).map_err(std::io::Error::other)?;
         server.start();
         self.server = Some(server);
+        self.socket = socket_identity(&self.dir.join(api::KUBELET_SOCKET));
         Ok(())
     }
 
@@ -204,32 +224,51 @@ impl FakeKubelet {
     pub fn stop(&mut self) {
         {
             let mut state = self.shared.lock();
-            for s in state.streams.drain(..) {
+            for (_, s) in state.streams.drain() {
                 s.lock().unwrap_or_else(PoisonError::into_inner).cancel();
             }
-            state.plugin = None;
+            state.plugins.clear();
+            state.last = None;
             state.hung.clear();
         }
         if let Some(mut server) = self.server.take() {
             server.cancel_all_calls();
             let _ = block_on(server.shutdown());
         }
-        let _ = std::fs::remove_file(self.dir.join(api::KUBELET_SOCKET));
+        let socket = self.dir.join(api::KUBELET_SOCKET);
+        if self.socket.take().is_some_and(|ours| socket_identity(&socket) == Some(ours)) {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 
     /// Closes the ListAndWatch streams without restarting, as a kubelet does when it drops an endpoint.
     pub fn drop_streams(&self) {
-        for s in self.shared.lock().streams.drain(..) {
+        for (_, s) in self.shared.lock().streams.drain() {
             s.lock().unwrap_or_else(PoisonError::into_inner).cancel();
         }
     }
 
-    /// Restarts like a kubelet: stops, deletes every socket in the directory, then serves a new
-    /// `kubelet.sock`. Returns when the new socket is up.
+    /// Closes the ListAndWatch stream of one resource only.
+    pub fn drop_stream(&self, resource: &str) {
+        if let Some(s) = self.shared.lock().streams.remove(resource) {
+            s.lock().unwrap_or_else(PoisonError::into_inner).cancel();
+        }
+    }
+
+    /// The resources with an open ListAndWatch stream, sorted.
+    pub fn resources(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.lock().streams.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Restarts like a kubelet: stops, deletes every socket in the directory (current kubelets leave
+    /// directories and other files alone), then serves a new `kubelet.sock`. Returns when it is up.
     pub fn restart(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileTypeExt;
         self.stop();
         for entry in std::fs::read_dir(&self.dir)?.filter_map(Result::ok) {
-            if entry.file_type().is_ok_and(|t| !t.is_dir()) {
+            if entry.file_type().is_ok_and(|t| t.is_socket()) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -260,14 +299,32 @@ impl FakeKubelet {
         self.wait(timeout, |s| s.registrations.get(n - 1).cloned())
     }
 
-    /// Waits until the latest ListAndWatch list satisfies `accept`; returns it.
+    /// Waits until the latest ListAndWatch list (of any resource) satisfies `accept`; returns it.
     pub fn wait_devices(&self, timeout: Duration, accept: impl Fn(&[api::Device]) -> bool) -> Option<Update> {
         self.wait(timeout, |s| s.updates.last().filter(|u| accept(&u.devices)).cloned())
     }
 
+    /// Waits until the latest list of `resource` satisfies `accept`; returns it.
+    pub fn wait_devices_of(
+        &self,
+        resource: &str,
+        timeout: Duration,
+        accept: impl Fn(&[api::Device]) -> bool,
+    ) -> Option<Update> {
+        self.wait(timeout, |s| {
+            s.updates.iter().rev().find(|u| u.resource == resource).filter(|u| accept(&u.devices)).cloned()
+        })
+    }
+
     /// A client for the plugin that registered last.
     pub fn plugin(&self) -> Option<api::DevicePluginClient> {
-        self.shared.lock().plugin.clone()
+        let state = self.shared.lock();
+        state.last.as_ref().and_then(|r| state.plugins.get(r)).cloned()
+    }
+
+    /// A client for the endpoint registered for `resource`.
+    pub fn plugin_for(&self, resource: &str) -> Option<api::DevicePluginClient> {
+        self.shared.lock().plugins.get(resource).cloned()
     }
 
     fn wait<T>(&self, timeout: Duration, check: impl Fn(&State) -> Option<T>) -> Option<T> {

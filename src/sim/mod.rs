@@ -2,7 +2,8 @@
 //!
 //! `SimNode` builds the sysfs and /dev trees the Intel drivers create, in a temporary directory.
 //! `FakeKubelet` serves `Registration` on a real Unix socket and behaves like a kubelet ≥ 1.25: it calls
-//! GetDevicePluginOptions inside Register, then keeps a ListAndWatch stream open and records every list.
+//! GetDevicePluginOptions inside Register, then keeps one ListAndWatch stream open per resource name (a new
+//! Register of a resource replaces that resource's stream only) and records every list.
 
 mod kubelet;
 mod node;
