@@ -8,6 +8,6 @@ FROM scratch
 LABEL org.opencontainers.image.title="k8s-accelerator-devplugin" \
       org.opencontainers.image.description="Kubernetes device plugin for Intel FPGA AFU ports and AWS FPGA units" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="0.1.0"
+      org.opencontainers.image.version="0.2.0"
 COPY k8s-accelerator-devplugin /k8s-accelerator-devplugin
 ENTRYPOINT ["/k8s-accelerator-devplugin"]

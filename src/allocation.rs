@@ -12,6 +12,31 @@ pub const ENV_UNITS: &str = "ACCELERATOR_UNITS";
 /// 32 pages of 4 KiB. A container given a longer `ACCELERATOR_UNITS` could not start (execve fails E2BIG).
 pub const MAX_ENV_STRING: usize = 32 * 4096;
 
+/// The length of `ACCELERATOR_UNITS=<ids joined by commas>` with its NUL, in bytes.
+pub fn env_string_len<S: AsRef<str>>(ids: &[S]) -> usize {
+    ENV_UNITS.len() + 1 + ids.iter().map(|id| id.as_ref().len()).sum::<usize>() + ids.len().saturating_sub(1) + 1
+}
+
+/// When the advertised devices are so many that one container given all of them could not start, the
+/// largest number of them one container can surely be given (its shortest IDs fill the string last).
+pub fn most_units_per_container(ids: &[&str]) -> Option<usize> {
+    if env_string_len(ids) <= MAX_ENV_STRING {
+        return None;
+    }
+    let mut lengths: Vec<usize> = ids.iter().map(|id| id.len()).collect();
+    lengths.sort_unstable_by(|a, b| b.cmp(a));
+    let mut total = ENV_UNITS.len() + 1 + 1;
+    Some(
+        lengths
+            .iter()
+            .take_while(|&&len| {
+                total += len + 1;
+                total - 1 <= MAX_ENV_STRING
+            })
+            .count(),
+    )
+}
+
 /// A request the kubelet should not have sent; it becomes an INVALID_ARGUMENT status.
 #[derive(Debug, PartialEq, Eq)]
 pub struct InvalidRequest(pub String);
@@ -61,7 +86,7 @@ pub fn allocate(snapshot: &Snapshot, req: &api::AllocateRequest) -> Result<api::
     for container in &req.container_requests {
         let mut c = api::ContainerAllocateResponse::new();
         let units = container.devices_ids.join(",");
-        let env_len = ENV_UNITS.len() + 1 + units.len() + 1;
+        let env_len = env_string_len(&container.devices_ids);
         if env_len > MAX_ENV_STRING {
             return Err(InvalidRequest(format!(
                 "{} devices for one container make {ENV_UNITS} {env_len} bytes long, more than the {MAX_ENV_STRING} \
@@ -204,6 +229,14 @@ mod tests {
         assert!(ok.container_responses[0].envs[ENV_UNITS].len() + ENV_UNITS.len() + 2 <= MAX_ENV_STRING);
         let e = allocate(&s, &request(30_000)).unwrap_err();
         assert!(e.0.contains("30000 devices") && e.0.contains("131072"), "{e}");
+        // What the scan reports: any container of this many units fits, even of the longest IDs.
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let most = most_units_per_container(&id_refs).unwrap();
+        let longest: Vec<&str> = id_refs.iter().rev().take(most).copied().collect();
+        assert!(env_string_len(&longest) <= MAX_ENV_STRING);
+        let one_more: Vec<&str> = id_refs.iter().rev().take(most + 1).copied().collect();
+        assert!(env_string_len(&one_more) > MAX_ENV_STRING);
+        assert_eq!(most_units_per_container(&id_refs[..1000]), None);
     }
 
     #[test]

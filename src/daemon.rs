@@ -226,7 +226,17 @@ struct Scanner {
 impl Scanner {
     fn scan(&mut self) {
         let scan = discovery::scan(self.backend, &self.roots);
-        let problems: HashSet<String> = scan.problems.into_iter().collect();
+        let mut problems: HashSet<String> = scan.problems.into_iter().collect();
+        let ids: Vec<&str> = scan.devices.iter().map(|d| d.id.as_str()).collect();
+        if let Some(most) = crate::allocation::most_units_per_container(&ids) {
+            problems.insert(format!(
+                "{} devices are advertised, but a container can be given at most {most} of them: more would make its \
+                 {} longer than the {} bytes Linux passes to a program, and Allocate refuses that",
+                ids.len(),
+                crate::allocation::ENV_UNITS,
+                crate::allocation::MAX_ENV_STRING
+            ));
+        }
         for p in problems.difference(&self.reported) {
             log::warn!("{p}");
         }

@@ -111,10 +111,40 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-/// Whether a process accepts connections on the Unix socket at `path`. A socket file left by a process that
-/// is gone refuses connections.
+/// Whether a process listens on the Unix socket at `path`. The connection attempt never blocks: a listener
+/// whose backlog is full (a hung process) counts as live, a socket file whose process is gone refuses the
+/// connection and counts as dead, and so does a missing file. When the check itself fails (no descriptor
+/// left) the socket counts as live: callers then leave it alone, the safe side.
 pub fn is_live(path: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(path).is_ok()
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: all-zero bytes are a valid sockaddr_un.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return false; // no socket can be at such a path
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, from) in addr.sun_path.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    // SAFETY: plain syscall; the descriptor is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return true;
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_un of at least `len` bytes.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::addr_of!(addr).cast(), len) };
+    r == 0 || matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS))
+}
+
+/// The name versions before 0.2 gave the socket, whatever its length: `k8s-accel-<resource, / as _>.sock`.
+/// A process of such a version takes no lock, so a new process also waits while this socket answers.
+pub fn legacy_socket_name(resource_name: &str) -> String {
+    format!("{SOCKET_PREFIX}{}{SUFFIX}", resource_name.replace('/', "_"))
 }
 
 /// Whether a file name in the device-plugins directory is a socket name of ours (of any run or version).
@@ -207,6 +237,26 @@ mod tests {
         // The shortest form, in the longest directory.
         let shortest = socket_name(&dir_of(MAX_DIR), &long).unwrap();
         assert_eq!(shortest.len(), MIN_NAME_LEN);
+    }
+
+    #[test]
+    fn liveness_never_blocks_and_tells_listening_from_stale() {
+        let dir = std::env::temp_dir().join(format!("is-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        assert!(!is_live(&path), "missing");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(is_live(&path), "listening");
+        // A listener that never accepts: its backlog fills up, and a blocking connect would hang.
+        for _ in 0..5000 {
+            is_live(&path);
+        }
+        assert!(is_live(&path), "a full backlog is live");
+        drop(listener);
+        assert!(path.exists());
+        assert!(!is_live(&path), "a socket file nobody listens on");
+        assert!(!is_live(&dir.join("x".repeat(200))), "too long for any socket");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! Ownership is an exclusive `flock(2)` on `<device-plugins dir>/k8s-accel-locks/<socket stem>.lock`. The
 //! kernel releases it when its holder exits, however it exits (SIGKILL and OOM included), and it works across
-//! containers because they share the host directory's inode. A process that owns the lock still waits while
-//! the socket answers: that is an older version of this plugin, which takes no lock.
+//! containers because they share the host directory's inode. A process that gets the lock still waits while
+//! the socket answers (or the socket name versions before 0.2 used): that is an older version of this
+//! plugin, which takes no lock.
 
 use crate::endpoint;
 use std::fs::{File, OpenOptions};
@@ -86,44 +87,56 @@ pub enum Claim {
     Owned(Ownership),
     /// Another process of ours holds the lock.
     Locked,
-    /// We hold the lock, but a process answers on the socket: an older version that takes no lock.
-    Answering(Ownership),
+    /// The lock was free, but a process answers on the socket (or on the name versions before 0.2 gave it):
+    /// an older version, which takes no lock.
+    Answering,
 }
 
-/// Tries to own `<dir>/<socket_name>` without waiting. Errors are I/O errors on the lock file (the directory
-/// is missing or read-only): they can heal, so the caller retries.
-pub fn claim(dir: &Path, socket_name: &str) -> io::Result<Claim> {
+/// Whether a process answers on our socket, or on the socket name of versions before 0.2.
+fn answering(dir: &Path, socket_name: &str, resource_name: &str) -> bool {
+    let legacy = endpoint::legacy_socket_name(resource_name);
+    endpoint::is_live(&dir.join(socket_name)) || (legacy != socket_name && endpoint::is_live(&dir.join(legacy)))
+}
+
+/// Tries to own `<dir>/<socket_name>` (for `resource_name`) without waiting. Errors are I/O errors on the
+/// lock file (the directory is missing or read-only): they can heal, so the caller retries.
+pub fn claim(dir: &Path, socket_name: &str, resource_name: &str) -> io::Result<Claim> {
     let (file, path) = open(dir, socket_name)?;
     if !lock(&file, false)? {
         return Ok(Claim::Locked);
     }
-    let owned = Ownership { file, path };
-    if endpoint::is_live(&dir.join(socket_name)) {
-        return Ok(Claim::Answering(owned));
+    if answering(dir, socket_name, resource_name) {
+        return Ok(Claim::Answering);
     }
-    Ok(Claim::Owned(owned))
+    Ok(Claim::Owned(Ownership { file, path }))
 }
 
 /// Blocks until this process owns `<dir>/<socket_name>`: the lock is free and nobody answers on the socket.
-/// Costs no wake-up while another process of ours holds the lock (the kernel wakes us when it is released);
-/// polls every [`LEGACY_POLL`] only while an older, lock-less instance answers.
-pub fn wait(dir: &Path, socket_name: &str) -> io::Result<Ownership> {
+/// Costs no wake-up while another process of ours holds the lock: the kernel wakes us when it is released.
+/// A process that just died may release its lock a moment before its socket stops answering, so the socket
+/// is checked every 10 ms for a short while, then every [`LEGACY_POLL`] (an older, lock-less instance).
+pub fn wait(dir: &Path, socket_name: &str, resource_name: &str) -> io::Result<Ownership> {
     let (file, path) = open(dir, socket_name)?;
     lock(&file, true)?;
-    let socket = dir.join(socket_name);
-    while endpoint::is_live(&socket) {
-        std::thread::sleep(LEGACY_POLL);
+    let mut checks = 0u32;
+    while answering(dir, socket_name, resource_name) {
+        checks += 1;
+        std::thread::sleep(if checks <= 20 { Duration::from_millis(10) } else { LEGACY_POLL });
     }
     Ok(Ownership { file, path })
 }
 
-/// Whether another process holds the lock of the socket named `socket_name` in `dir`; None when there is no
-/// lock file (a socket of an older version, or of nobody).
-pub fn held_elsewhere(dir: &Path, socket_name: &str) -> Option<bool> {
-    let path = endpoint::lock_path(dir, socket_name);
-    let file = OpenOptions::new().read(true).open(path).ok()?;
-    // Locking and dropping at once: if we got it, nobody held it.
-    lock(&file, false).ok().map(|got| !got)
+/// Locks a new lock file for a socket we serve, after ours was removed (e.g. the lock directory was deleted
+/// by hand). Ok(None): another process locked the new file first; it waits while our socket answers.
+pub fn relock(dir: &Path, socket_name: &str) -> io::Result<Option<Ownership>> {
+    let (file, path) = open(dir, socket_name)?;
+    Ok(lock(&file, false)?.then_some(Ownership { file, path }))
+}
+
+/// Whether the socket named `socket_name` in `dir` has a lock file: it belongs to a version that takes
+/// locks, whose owner (or next owner) removes it; only lock-less sockets are cleaned up by others.
+pub fn has_lock_file(dir: &Path, socket_name: &str) -> bool {
+    endpoint::lock_path(dir, socket_name).exists()
 }
 
 #[cfg(test)]
@@ -134,19 +147,19 @@ mod tests {
     #[test]
     fn one_owner_at_a_time_and_the_next_takes_over() {
         let dir = TempDir::new("lock").unwrap();
-        let first = match claim(dir.path(), "k8s-accel-x.sock").unwrap() {
+        let first = match claim(dir.path(), "k8s-accel-x.sock", "e.com/x").unwrap() {
             Claim::Owned(o) => o,
             other => panic!("{other:?}"),
         };
         assert!(first.intact());
-        assert!(matches!(claim(dir.path(), "k8s-accel-x.sock").unwrap(), Claim::Locked));
-        assert_eq!(held_elsewhere(dir.path(), "k8s-accel-x.sock"), Some(true));
-        assert_eq!(held_elsewhere(dir.path(), "k8s-accel-y.sock"), None);
+        assert!(matches!(claim(dir.path(), "k8s-accel-x.sock", "e.com/x").unwrap(), Claim::Locked));
+        assert!(has_lock_file(dir.path(), "k8s-accel-x.sock"));
+        assert!(!has_lock_file(dir.path(), "k8s-accel-y.sock"));
         // Another socket is another lock.
-        assert!(matches!(claim(dir.path(), "k8s-accel-y.sock").unwrap(), Claim::Owned(_)));
+        assert!(matches!(claim(dir.path(), "k8s-accel-y.sock", "e.com/y").unwrap(), Claim::Owned(_)));
 
         let (d, name) = (dir.path().to_path_buf(), "k8s-accel-x.sock");
-        let waiter = std::thread::spawn(move || wait(&d, name).map(|o| o.path().to_path_buf()));
+        let waiter = std::thread::spawn(move || wait(&d, name, "e.com/x").map(|o| o.path().to_path_buf()));
         std::thread::sleep(Duration::from_millis(100));
         assert!(!waiter.is_finished(), "waits while the lock is held");
         drop(first);
@@ -158,17 +171,32 @@ mod tests {
     fn a_socket_that_answers_without_a_lock_is_respected() {
         let dir = TempDir::new("lock").unwrap();
         let listener = std::os::unix::net::UnixListener::bind(dir.path().join("k8s-accel-x.sock")).unwrap();
-        assert!(matches!(claim(dir.path(), "k8s-accel-x.sock").unwrap(), Claim::Answering(_)));
+        assert!(matches!(claim(dir.path(), "k8s-accel-x.sock", "e.com/x").unwrap(), Claim::Answering));
         drop(listener);
         // A socket nobody listens on is stale: ours.
-        assert!(matches!(claim(dir.path(), "k8s-accel-x.sock").unwrap(), Claim::Owned(_)));
+        assert!(matches!(claim(dir.path(), "k8s-accel-x.sock", "e.com/x").unwrap(), Claim::Owned(_)));
+        // An older version serving the same resource under the name it gave the socket.
+        let old = std::os::unix::net::UnixListener::bind(dir.path().join("k8s-accel-e.com_x.sock")).unwrap();
+        assert!(matches!(claim(dir.path(), "k8s-accel-x.sock", "e.com/x").unwrap(), Claim::Answering));
+        drop(old);
+    }
+
+    #[test]
+    fn a_removed_lock_file_is_replaced_while_serving() {
+        let dir = TempDir::new("lock").unwrap();
+        let Claim::Owned(first) = claim(dir.path(), "k8s-accel-x.sock", "e.com/x").unwrap() else { panic!() };
+        std::fs::remove_dir_all(dir.path().join(endpoint::LOCK_DIR)).unwrap();
+        assert!(!first.intact());
+        let second = relock(dir.path(), "k8s-accel-x.sock").unwrap().expect("the new file is free");
+        assert!(second.intact());
+        assert!(relock(dir.path(), "k8s-accel-x.sock").unwrap().is_none(), "and now locked");
     }
 
     #[test]
     fn a_missing_directory_is_an_error_that_names_the_path() {
         let dir = TempDir::new("lock").unwrap();
         let missing = dir.path().join("absent");
-        let e = claim(&missing, "k8s-accel-x.sock").unwrap_err();
+        let e = claim(&missing, "k8s-accel-x.sock", "e.com/x").unwrap_err();
         assert!(e.to_string().contains("absent/k8s-accel-locks"), "{e}");
     }
 }

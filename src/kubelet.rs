@@ -67,9 +67,11 @@ pub fn register_async(
     }
 }
 
-/// Removes sockets left by earlier runs of ours (any resource, any version): files named like ours that
-/// nobody listens on and that no live process owns (their lock is free). `own` is the socket we own and are
-/// about to serve: a file there is ours to remove (its lock is ours, so only the listening check applies).
+/// Removes sockets left by earlier runs of ours that nobody listens on: our own socket (we own its lock), and
+/// sockets of versions before 0.2, which have no lock file. A socket with a lock file belongs to another
+/// resource of a current version: its owner, or its next owner, removes it (taking its lock to check would
+/// make a starting instance of that resource believe it had to wait). Other plugins' sockets and live ones
+/// are left alone; the kubelet removes every socket when it restarts anyway.
 pub fn remove_stale_sockets(dir: &Path, own: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.filter_map(Result::ok) {
@@ -78,10 +80,12 @@ pub fn remove_stale_sockets(dir: &Path, own: &str) {
         if !endpoint::is_ours(name) || !entry.file_type().is_ok_and(|t| t.is_socket()) {
             continue;
         }
+        if name != own && instance::has_lock_file(dir, name) {
+            continue;
+        }
         let path = entry.path();
-        let owned_elsewhere = name != own && instance::held_elsewhere(dir, name) == Some(true);
-        if owned_elsewhere || endpoint::is_live(&path) {
-            log::info!("{} belongs to another running instance; leaving it alone", path.display());
+        if endpoint::is_live(&path) {
+            log::info!("{} is served by another process; leaving it alone", path.display());
             continue;
         }
         match std::fs::remove_file(&path) {

@@ -41,6 +41,11 @@ pub enum Event {
 /// while the kubelet may be dialing it, and a failed dial costs a kubelet a second of reconnect backoff.
 const SETTLE: Duration = Duration::from_millis(15);
 
+/// A closed stream alone waits longer: a kubelet going down closes its streams a moment before its socket
+/// stops answering, and this long tells one that dropped us from one that is going away. Any other event of
+/// the burst (our socket deleted, a new kubelet.sock) brings the restart back to `SETTLE`.
+const STREAMS_GONE_SETTLE: Duration = Duration::from_millis(100);
+
 /// Backoff between failed attempts while the kubelet is absent or refuses us.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -96,10 +101,19 @@ struct Lifecycle {
     restart_at: Option<PendingRestart>,
     /// Failures in a row, to log the first at info and the rest at debug.
     failures: u32,
-    /// Inode of the kubelet.sock our latest Register dialed (as found just before dialing), and of the one
-    /// we are registered with.
-    dialed: Option<u64>,
-    registered_with: Option<u64>,
+    /// The kubelet.sock our latest Register dialed (as found just before dialing), and the one we are
+    /// registered with.
+    dialed: Option<FileId>,
+    registered_with: Option<FileId>,
+}
+
+/// Which file is at a path: device, inode and change time. The time tells a new file from an old one that
+/// happens to get the same inode number back (tmpfs and ext4 reuse them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId(u64, u64, i64, i64);
+
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| FileId(m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// Starts the thread. It stops serving, removes its socket and returns on `Event::Shutdown` (or when every
@@ -209,50 +223,66 @@ impl Lifecycle {
     /// The fallback for missed filesystem events: compare what is on disk with what we registered.
     fn check(&mut self) {
         if self.owner.as_ref().is_some_and(|o| !o.intact()) {
-            // Someone removed our lock file: a new instance could lock a new one and take the socket. Stop
-            // serving and claim the socket again, as at start.
-            log::warn!("our lock file was removed; claiming {} again", self.socket().display());
-            self.owner = None;
-            return self.restart("our lock file was removed");
+            self.replace_lock();
         }
         if let Some(server) = &self.server {
             if !server.socket_intact() {
                 return self.schedule_restart("our socket is gone", Condition::Always);
             }
         }
-        if let (Some(registered), Ok(meta)) = (self.registered_with, std::fs::metadata(self.kubelet_socket())) {
-            if meta.ino() != registered {
+        if let (Some(registered), Some(now)) = (self.registered_with, file_id(&self.kubelet_socket())) {
+            if now != registered {
                 self.schedule_restart("kubelet.sock was replaced: the kubelet restarted", Condition::Always);
             }
         }
     }
 
+    /// Our lock file was removed (by hand: nothing of ours or the kubelet's removes it), so a new instance
+    /// could lock a new one. Lock a new one ourselves while we keep serving; only then let the old one go.
+    fn replace_lock(&mut self) {
+        let socket = self.socket();
+        match instance::relock(&self.settings.dir, &self.settings.socket_name) {
+            Ok(Some(owner)) => {
+                log::warn!(
+                    "the lock file of {} was removed; locked a new one at {}",
+                    socket.display(),
+                    owner.path().display()
+                );
+                self.owner = Some(owner);
+            }
+            Ok(None) => log::warn!(
+                "the lock file of {} was removed and another process locked the new one; it waits while we serve",
+                socket.display()
+            ),
+            Err(e) => log::warn!("the lock file of {} was removed and cannot be made again: {e}", socket.display()),
+        }
+    }
+
     fn schedule_restart(&mut self, why: &'static str, condition: Condition) {
-        let pending =
-            self.restart_at.get_or_insert_with(|| PendingRestart { at: Instant::now() + SETTLE, reasons: Vec::new() });
+        let settle = if condition == Condition::KubeletStayed { STREAMS_GONE_SETTLE } else { SETTLE };
+        let at = Instant::now() + settle;
+        let pending = self.restart_at.get_or_insert_with(|| PendingRestart { at, reasons: Vec::new() });
+        pending.at = pending.at.min(at);
         pending.reasons.push((why, condition));
     }
 
     fn settled(&mut self) {
         let Some(pending) = self.restart_at.take() else { return };
-        match pending.reasons.iter().find(|(_, condition)| self.holds(*condition)) {
-            Some((why, _)) => self.restart(why),
-            None => {
-                let whys: Vec<&str> = pending.reasons.iter().map(|(why, _)| *why).collect();
-                if pending.reasons.iter().any(|(_, c)| *c == Condition::KubeletStayed) {
-                    self.registered_with = None;
-                }
-                log::info!(
-                    "{}: nothing to do, the kubelet at {} {}",
-                    whys.join(", "),
-                    self.kubelet_socket().display(),
-                    if self.dialed_current_kubelet() {
-                        "already has our Register"
-                    } else {
-                        "is gone: registering again when it is back"
-                    }
-                );
-            }
+        if let Some((why, _)) = pending.reasons.iter().find(|(_, condition)| self.holds(*condition)) {
+            return self.restart(why);
+        }
+        let whys: Vec<&str> = pending.reasons.iter().map(|(why, _)| *why).collect();
+        if self.dialed_current_kubelet() {
+            log::debug!("{}; the kubelet already has our latest Register", whys.join("; "));
+        } else {
+            // The kubelet went away: forget it, so that whatever comes back is new to us.
+            self.registered_with = None;
+            self.dialed = None;
+            log::info!(
+                "{}; the kubelet at {} is gone: registering again when it is back",
+                whys.join("; "),
+                self.kubelet_socket().display()
+            );
         }
     }
 
@@ -267,18 +297,12 @@ impl Lifecycle {
     /// Whether the kubelet we registered with still answers at the same `kubelet.sock`.
     fn kubelet_stayed(&self) -> bool {
         let socket = self.kubelet_socket();
-        self.registered_with.is_some()
-            && self.inode(&socket) == self.registered_with
-            && crate::endpoint::is_live(&socket)
+        self.registered_with.is_some() && file_id(&socket) == self.registered_with && crate::endpoint::is_live(&socket)
     }
 
     /// Whether our server runs and our latest Register went to the `kubelet.sock` that is there now.
     fn dialed_current_kubelet(&self) -> bool {
-        self.server.is_some() && self.dialed.is_some() && self.inode(&self.kubelet_socket()) == self.dialed
-    }
-
-    fn inode(&self, path: &std::path::Path) -> Option<u64> {
-        std::fs::metadata(path).ok().map(|m| m.ino())
+        self.server.is_some() && self.dialed.is_some() && file_id(&self.kubelet_socket()) == self.dialed
     }
 
     /// Serves on a fresh socket, then registers (the kubelet dials us during Register). Claims the socket
@@ -323,7 +347,7 @@ impl Lifecycle {
     /// Takes ownership of our socket, or starts waiting for the instance that has it. True if ours.
     fn claim(&mut self) -> bool {
         let socket = self.socket();
-        match instance::claim(&self.settings.dir, &self.settings.socket_name) {
+        match instance::claim(&self.settings.dir, &self.settings.socket_name, &self.settings.resource_name) {
             Ok(Claim::Owned(owner)) => {
                 log::debug!("own {} (lock {})", socket.display(), owner.path().display());
                 self.owner = Some(owner);
@@ -332,7 +356,7 @@ impl Lifecycle {
             }
             Ok(claim) => {
                 let who = match claim {
-                    Claim::Answering(_) => "a process that holds no lock (an older version of this plugin)",
+                    Claim::Answering => "a process that holds no lock (an older version of this plugin)",
                     _ => "another instance",
                 };
                 log::info!(
@@ -340,7 +364,6 @@ impl Lifecycle {
                     self.settings.resource_name,
                     socket.display()
                 );
-                drop(claim); // an Answering claim holds the lock: the waiting thread takes it again
                 self.wait_for_owner();
                 false
             }
@@ -353,9 +376,10 @@ impl Lifecycle {
 
     fn wait_for_owner(&mut self) {
         let (tx, rx) = unbounded();
-        let (dir, name) = (self.settings.dir.clone(), self.settings.socket_name.clone());
+        let (dir, name, resource) =
+            (self.settings.dir.clone(), self.settings.socket_name.clone(), self.settings.resource_name.clone());
         let spawned = std::thread::Builder::new().name("wait-for-owner".into()).spawn(move || {
-            let _ = tx.send(instance::wait(&dir, &name));
+            let _ = tx.send(instance::wait(&dir, &name, &resource));
         });
         match spawned {
             Ok(_) => self.waiting = Some(rx),
@@ -389,7 +413,7 @@ impl Lifecycle {
         self.attempt += 1;
         let attempt = self.attempt;
         // Before dialing: a kubelet.sock replaced in between is seen as new, so at worst registered twice.
-        self.dialed = self.inode(&self.kubelet_socket());
+        self.dialed = file_id(&self.kubelet_socket());
         let req = kubelet::register_request(&self.settings.resource_name, &self.settings.socket_name);
         let results = self.results_tx.clone();
         self.pending = kubelet::register_async(&self.env, &self.kubelet_socket(), &req, move |result| {
@@ -416,8 +440,11 @@ impl Lifecycle {
             }
             Err(e) => {
                 let kubelet = self.kubelet_socket();
-                let what = format_args!("cannot register with the kubelet at {}: {}", kubelet.display(), describe(&e));
-                self.failed(log::Level::Info, what);
+                let why = describe(&e, &kubelet);
+                self.failed(
+                    log::Level::Info,
+                    format_args!("cannot register with the kubelet at {}: {why}", kubelet.display()),
+                );
             }
         }
     }
@@ -439,12 +466,27 @@ impl Lifecycle {
     }
 }
 
-fn describe(e: &grpcio::Error) -> String {
+/// Why a Register failed, in our words where gRPC's are about its internals ("failed to connect to all
+/// addresses"): what is at `kubelet.sock` tells a missing or dead kubelet from one that answered with an error.
+fn describe(e: &grpcio::Error, kubelet_socket: &std::path::Path) -> String {
+    use grpcio::RpcStatusCode;
     match e {
-        grpcio::Error::RpcFailure(status) if !status.message().is_empty() => {
-            format!("{:?}: {}", status.code(), status.message())
+        grpcio::Error::RpcFailure(status) if status.code() == RpcStatusCode::UNAVAILABLE => {
+            if !kubelet_socket.exists() {
+                "kubelet.sock does not exist (the kubelet is not running, or is restarting)".to_string()
+            } else if !crate::endpoint::is_live(kubelet_socket) {
+                "nothing listens on kubelet.sock (the kubelet is not running, or is restarting)".to_string()
+            } else {
+                format!("the connection failed: {}", status.message())
+            }
         }
-        grpcio::Error::RpcFailure(status) => format!("{:?}", status.code()),
+        grpcio::Error::RpcFailure(status) if status.code() == RpcStatusCode::DEADLINE_EXCEEDED => {
+            format!("no answer within {} s (DEADLINE_EXCEEDED)", kubelet::REGISTER_TIMEOUT.as_secs())
+        }
+        grpcio::Error::RpcFailure(status) if !status.message().is_empty() => {
+            format!("the kubelet answered {:?}: {}", status.code(), status.message())
+        }
+        grpcio::Error::RpcFailure(status) => format!("the kubelet answered {:?}", status.code()),
         other => other.to_string(),
     }
 }

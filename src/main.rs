@@ -4,11 +4,16 @@ use k8s_accelerator_devplugin::discovery::{Backend, Roots};
 use k8s_accelerator_devplugin::{control, logging, probe};
 use std::process::ExitCode;
 
-/// Sends gRPC core's own messages to our log rather than straight to stderr. Its info and debug messages are
-/// about its internals (pollers, LB policies), so only its errors are kept unless the level is `trace`.
-/// (`redirect_log` takes gRPC core's verbosity from the `log` crate's maximum level at the time of the call.)
+/// gRPC core's own messages are about its internals, and it repeats its error lines on every retry of
+/// something we already report in our words (a failed bind, a refused connection). So at the default
+/// levels it is silent; at `debug` its errors, and at `trace` its debug lines, go to our log (never straight
+/// to stderr). `redirect_log` takes gRPC's verbosity from the `log` crate's maximum level when it is called.
 fn redirect_grpc_log(level: log::LevelFilter) {
-    let grpc_level = if level == log::LevelFilter::Trace { level } else { level.min(log::LevelFilter::Warn) };
+    let grpc_level = match level {
+        log::LevelFilter::Trace => log::LevelFilter::Trace,
+        log::LevelFilter::Debug => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Off,
+    };
     log::set_max_level(grpc_level);
     grpcio::redirect_log();
     log::set_max_level(level);
@@ -89,6 +94,10 @@ fn main() -> ExitCode {
         Ok(()) => {
             log::info!("stopped");
             ExitCode::SUCCESS
+        }
+        Err(e @ daemon::Error::Config(_)) => {
+            log::error!("{e}");
+            ExitCode::from(2)
         }
         Err(e) => {
             log::error!("{e}");

@@ -217,17 +217,28 @@ fn why_bind_failed(socket: &Path) -> std::io::Error {
     if let Err(e) = std::fs::metadata(dir) {
         return std::io::Error::new(e.kind(), format!("the directory {} is not usable: {e}", dir.display()));
     }
-    if std::fs::symlink_metadata(socket).is_ok_and(|m| !m.is_dir()) {
-        if let Err(e) = std::fs::remove_file(socket) {
-            return std::io::Error::new(e.kind(), format!("cannot remove the file in the way: {e}"));
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(socket) {
+        // gRPC replaces only a socket; anything else at our path is in the way. The path is ours (we hold
+        // its lock), so a plain file there is removed for the next attempt.
+        Ok(m) if !m.file_type().is_socket() && !m.is_dir() => {
+            return match std::fs::remove_file(socket) {
+                Ok(()) => std::io::Error::other("a file that is not a socket was in the way; removed it"),
+                Err(e) => std::io::Error::new(e.kind(), format!("a file that is not a socket is in the way: {e}")),
+            };
         }
+        Ok(m) if m.is_dir() => {
+            return std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a directory is in the way");
+        }
+        _ => {}
     }
+    let _ = std::fs::remove_file(socket);
     match std::os::unix::net::UnixListener::bind(socket) {
         Err(e) => e,
         Ok(listener) => {
             drop(listener);
             let _ = std::fs::remove_file(socket);
-            std::io::Error::other("gRPC core refused it, although the system allows it (see gRPC's own log line)")
+            std::io::Error::other("gRPC core refused it, although the system allows it (--log-level debug shows why)")
         }
     }
 }

@@ -270,22 +270,36 @@ fn probe_succeeds_against_a_running_plugin_and_fails_otherwise() {
 
 #[test]
 fn a_missed_directory_event_is_caught_by_the_periodic_check() {
-    let node = SimNode::new().unwrap();
-    let parent = TempDir::new("kubelet").unwrap();
-    let dir = parent.path().join("dp");
-    let _old_kubelet = FakeKubelet::start(&dir).unwrap();
-    let p = aws_plugin(&dir, &node, &["--scan-interval", "1s"]);
-    assert!(p.wait_log("registered b-com.com/accelerator", WAIT), "{}", p.log());
-    // The directory is swapped for a new one with a new kubelet in it. The plugin's watch followed the old
-    // directory, and its new watch only comes at the next tick, so the new kubelet.sock raises no event that
-    // the plugin sees: only the periodic check of the sockets can notice.
-    std::fs::rename(&dir, parent.path().join("old")).unwrap();
-    let kubelet = FakeKubelet::start(&dir).unwrap();
-    kubelet.wait_registration(1, WAIT).expect("registered with the kubelet in the new directory");
-    let log = p.log();
-    // Each of these is a finding of the periodic check: the lock file, our socket and kubelet.sock are all
-    // in the old directory now.
-    let periodic = ["our lock file was removed", "our socket is gone", "kubelet.sock was replaced"];
-    assert!(periodic.iter().any(|why| log.contains(why)), "{log}");
-    assert!(!log.contains("kubelet.sock was created"), "seen through inotify after all:\n{log}");
+    // The device-plugins directory is swapped for a new one with a new kubelet in it. The plugin's watch
+    // followed the old directory, and its new watch only comes at the next tick, so nothing in the new
+    // directory raises an event the plugin sees: only the periodic check of the lock file, our socket and
+    // kubelet.sock can notice. Hard links carry some of our files into the new directory, so that each check
+    // is the first to find something in one of the rounds.
+    for (links, finding) in [
+        (&[][..], "the lock file of"),
+        (&["k8s-accel-locks/k8s-accel-b-com.com_accelerator.lock"][..], "our socket is gone"),
+        (
+            &["k8s-accel-locks/k8s-accel-b-com.com_accelerator.lock", "k8s-accel-b-com.com_accelerator.sock"][..],
+            "kubelet.sock was replaced",
+        ),
+    ] {
+        let node = SimNode::new().unwrap();
+        let parent = TempDir::new("kubelet").unwrap();
+        let dir = parent.path().join("dp");
+        let _old_kubelet = FakeKubelet::start(&dir).unwrap();
+        let p = aws_plugin(&dir, &node, &["--scan-interval", "1s"]);
+        assert!(p.wait_log("registered b-com.com/accelerator", WAIT), "{}", p.log());
+        let new = parent.path().join("new");
+        std::fs::create_dir_all(new.join("k8s-accel-locks")).unwrap();
+        for link in links {
+            std::fs::hard_link(dir.join(link), new.join(link)).unwrap();
+        }
+        std::fs::rename(&dir, parent.path().join("old")).unwrap();
+        std::fs::rename(&new, &dir).unwrap();
+        let kubelet = FakeKubelet::start(&dir).unwrap();
+        kubelet.wait_registration(1, WAIT).unwrap_or_else(|| panic!("{finding}: not registered\n{}", p.log()));
+        let log = p.log();
+        assert!(log.contains(finding), "{finding}:\n{log}");
+        assert!(!log.contains("kubelet.sock was created"), "seen through inotify after all:\n{log}");
+    }
 }

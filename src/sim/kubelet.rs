@@ -248,20 +248,6 @@ impl FakeKubelet {
         }
     }
 
-    /// Closes the ListAndWatch stream of one resource only.
-    pub fn drop_stream(&self, resource: &str) {
-        if let Some(s) = self.shared.lock().streams.remove(resource) {
-            s.lock().unwrap_or_else(PoisonError::into_inner).cancel();
-        }
-    }
-
-    /// The resources with an open ListAndWatch stream, sorted.
-    pub fn resources(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.shared.lock().streams.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
     /// Restarts like a kubelet: stops, deletes every socket in the directory (current kubelets leave
     /// directories and other files alone), then serves a new `kubelet.sock`. Returns when it is up.
     pub fn restart(&mut self) -> std::io::Result<()> {
@@ -304,16 +290,14 @@ impl FakeKubelet {
         self.wait(timeout, |s| s.updates.last().filter(|u| accept(&u.devices)).cloned())
     }
 
-    /// Waits until the latest list of `resource` satisfies `accept`; returns it.
-    pub fn wait_devices_of(
+    /// Waits until a ListAndWatch list received after `since` satisfies `accept`; returns it.
+    pub fn wait_devices_since(
         &self,
-        resource: &str,
+        since: Instant,
         timeout: Duration,
         accept: impl Fn(&[api::Device]) -> bool,
     ) -> Option<Update> {
-        self.wait(timeout, |s| {
-            s.updates.iter().rev().find(|u| u.resource == resource).filter(|u| accept(&u.devices)).cloned()
-        })
+        self.wait(timeout, |s| s.updates.last().filter(|u| u.at > since && accept(&u.devices)).cloned())
     }
 
     /// A client for the plugin that registered last.
@@ -322,9 +306,11 @@ impl FakeKubelet {
         state.last.as_ref().and_then(|r| state.plugins.get(r)).cloned()
     }
 
-    /// A client for the endpoint registered for `resource`.
-    pub fn plugin_for(&self, resource: &str) -> Option<api::DevicePluginClient> {
-        self.shared.lock().plugins.get(resource).cloned()
+    /// Answers every Register left hanging by `Behavior::Hang`; returns how many of them the plugin had
+    /// already cancelled (the answer could not be delivered).
+    pub fn release_hung(&self) -> usize {
+        let hung: Vec<UnarySink<api::Empty>> = self.shared.lock().hung.drain(..).collect();
+        hung.into_iter().map(|sink| block_on(sink.success(api::Empty::new()))).filter(Result::is_err).count()
     }
 
     fn wait<T>(&self, timeout: Duration, check: impl Fn(&State) -> Option<T>) -> Option<T> {
