@@ -22,7 +22,8 @@ Options:
                                <sysfs-root>/class/fpga_region exists, else aws]
   --accel-nbunits N            Number of AWS units, 1..=100000 [default: 40]
   --resource-name NAME         Extended resource name [default: b-com.com/accelerator]
-  --device-plugin-path DIR     The kubelet's device-plugins directory [default: /var/lib/kubelet/device-plugins]
+  --device-plugin-path DIR     The kubelet's device-plugins directory, at most 83 bytes
+                               [default: /var/lib/kubelet/device-plugins]
   --sysfs-root DIR             Where the host's sysfs is mounted [default: /sys]
   --dev-root DIR               Where the host's device nodes are [default: /dev]
   --scan-interval DURATION     Rescan period, e.g. 200ms, 5s, 1m [default: 5s]
@@ -192,10 +193,15 @@ fn single_dash_to_double(arg: OsString) -> OsString {
 /// Linux's PATH_MAX, with the terminating NUL: no longer path can be opened.
 const PATH_MAX: usize = 4096;
 
+/// A path flag's value, without trailing slashes (they change nothing but the length).
 fn path(v: String, flag: &str) -> Result<PathBuf, UsageError> {
     if v.is_empty() {
         return Err(UsageError(format!("{flag}: the path is empty")));
     }
+    let v = match v.trim_end_matches('/') {
+        "" => "/".to_string(),
+        trimmed => trimmed.to_string(),
+    };
     if v.len() >= PATH_MAX {
         return Err(UsageError(format!(
             "{flag}: the path is {} bytes long; the system takes paths of at most {} bytes (PATH_MAX)",
@@ -247,7 +253,7 @@ pub fn validate_resource_name(s: &str) -> Result<(), &'static str> {
                 && ends_ok(label)
         });
     if !domain_ok {
-        return Err("has a domain that is not a lowercase DNS subdomain");
+        return Err("has a domain that is not a lowercase DNS subdomain of at most 244 bytes (253 with `requests.`)");
     }
     let name_ok = !name.is_empty()
         && name.len() <= 63
@@ -282,6 +288,8 @@ mod tests {
         assert_eq!(run(&[]).unwrap(), Options::default());
         assert_eq!(parse(["-help".into()]), Ok(Command::Help));
         assert_eq!(run(&["--log-file", "-"]).unwrap().log_file, None);
+        assert_eq!(run(&["--device-plugin-path", "/x/y//"]).unwrap().device_plugin_path, PathBuf::from("/x/y"));
+        assert_eq!(run(&["--sysfs-root", "/"]).unwrap().sysfs_root, PathBuf::from("/"));
         match parse(["probe", "-device-plugin-path", "/x"].map(OsString::from)) {
             Ok(Command::Probe(o)) => assert_eq!(o.device_plugin_path, PathBuf::from("/x")),
             other => panic!("{other:?}"),

@@ -325,7 +325,9 @@ impl Lifecycle {
         }
         self.generation += 1;
         let socket = self.socket();
-        log::info!("serving {} on {} ({why})", self.settings.resource_name, socket.display());
+        // While attempts keep failing, they are logged at debug like their failures.
+        let level = if self.failures == 0 { log::Level::Info } else { log::Level::Debug };
+        log::log!(level, "serving {} on {} ({why})", self.settings.resource_name, socket.display());
         match PluginServer::start(
             Arc::clone(&self.env),
             &socket,

@@ -6,13 +6,20 @@ use std::process::ExitCode;
 
 /// gRPC core's own messages are about its internals, and it repeats its error lines on every retry of
 /// something we already report in our words (a failed bind, a refused connection). So at the default
-/// levels it is silent; at `debug` its errors, and at `trace` its debug lines, go to our log (never straight
-/// to stderr). `redirect_log` takes gRPC's verbosity from the `log` crate's maximum level when it is called.
-fn redirect_grpc_log(level: log::LevelFilter) {
+/// levels it is silent (`GRPC_VERBOSITY=NONE`, unless the environment sets it); at `debug` its errors, and
+/// at `trace` its debug lines, go to our log, never straight to stderr. `redirect_log` takes gRPC's
+/// verbosity from the `log` crate's maximum level when it is called.
+fn quiet_grpc_log(level: log::LevelFilter) {
     let grpc_level = match level {
         log::LevelFilter::Trace => log::LevelFilter::Trace,
         log::LevelFilter::Debug => log::LevelFilter::Warn,
-        _ => log::LevelFilter::Off,
+        _ => {
+            // Read by gRPC core when it starts, which is after this: nothing else runs yet.
+            if std::env::var_os("GRPC_VERBOSITY").is_none() {
+                std::env::set_var("GRPC_VERBOSITY", "NONE");
+            }
+            return;
+        }
     };
     log::set_max_level(grpc_level);
     grpcio::redirect_log();
@@ -48,7 +55,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init(options.log_level, options.log_file.as_deref());
-    redirect_grpc_log(options.log_level);
+    quiet_grpc_log(options.log_level);
 
     let backend = match options.backend {
         Some(BackendChoice::Intel) => Backend::Intel,

@@ -16,6 +16,9 @@ pub fn probe(device_plugin_path: &Path, resource_name: &str) -> Result<String, S
     if !socket.exists() {
         return Err(format!("{} does not exist", socket.display()));
     }
+    if !endpoint::is_live(&socket) {
+        return Err(format!("nothing listens on {} (the plugin is not running)", socket.display()));
+    }
     let env = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("probe").build());
     let client = api::DevicePluginClient::new(api::unix_channel(&env, &socket));
     match client.get_device_plugin_options_opt(&api::Empty::new(), CallOption::default().timeout(TIMEOUT)) {

@@ -256,7 +256,7 @@ fn probe_succeeds_against_a_running_plugin_and_fails_otherwise() {
     let (code, _) = probe(&["--resource-name", "example.com/other"]);
     assert_eq!(code, Some(1));
 
-    // A socket file nobody answers on (a plugin that hangs or died without cleaning up).
+    // A socket file nobody answers on (a plugin that hangs).
     p.signal(libc::SIGSTOP);
     let (code, text) = probe(&[]);
     p.signal(libc::SIGCONT);
@@ -266,6 +266,11 @@ fn probe_succeeds_against_a_running_plugin_and_fails_otherwise() {
     assert_eq!(p.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
     let (code, _) = probe(&[]);
     assert_eq!(code, Some(1));
+    // A socket file left by a plugin that died without cleaning up.
+    drop(UnixListener::bind(dir.path().join(SOCKET)).unwrap());
+    let (code, text) = probe(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("nothing listens on"), "{text}");
 }
 
 #[test]
