@@ -3,6 +3,7 @@
 #
 #   ./build.sh static             the static musl binary, on this host, no docker
 #   ./build.sh image [-t NAME]    the container image in two stages, for docker without multi-stage builds
+#   ./build.sh image --binary B   the container image from a static binary built before (stage two alone)
 #
 # Run ./build.sh --help for the options.
 set -euo pipefail
@@ -10,10 +11,13 @@ set -euo pipefail
 readonly TARGET=x86_64-unknown-linux-musl
 readonly BINARY=k8s-accelerator-devplugin
 DEFAULT_IMAGE=accelerator-device-plugin:latest
+# The builder image of stage one (and of Dockerfile.multistage): any image with a Rust toolchain, Debian's
+# apt and a shell, e.g. a mirror of this one in an air-gapped registry.
+DEFAULT_BUILDER=rust:1.95-slim-bookworm
 
 usage() {
     cat <<USAGE
-Usage: ./build.sh [static | image [-t|--tag NAME:TAG]] [-h|--help]
+Usage: ./build.sh [static | image [-t|--tag NAME:TAG] [--builder IMAGE | --binary PATH]] [-h|--help]
 
   static   Build the fully static binary on this host:
              target/$TARGET/release/$BINARY
@@ -27,6 +31,9 @@ Usage: ./build.sh [static | image [-t|--tag NAME:TAG]] [-h|--help]
              the binary is copied out with docker container create / docker cp;
              stage 2: Dockerfile copies it into a FROM scratch image.
            -t, --tag NAME:TAG   image name [default: $DEFAULT_IMAGE]
+           --builder IMAGE      the builder image of stage 1 [default: $DEFAULT_BUILDER]
+           --binary PATH        skip stage 1: put this static binary (from "./build.sh static") in the
+                                image. Pulls nothing: works offline.
 
 With no subcommand: image.
 USAGE
@@ -62,44 +69,72 @@ build_static() {
     echo "built $out ($(stat -c %s "$out") bytes)"
 }
 
-# Removes the temporary container and directory of build_image, whether it succeeded or not.
+# Removes the temporary container, directory and Dockerfile of build_image, whether it succeeded or not.
 cleanup() {
     if [ -n "${container:-}" ]; then docker rm -f "$container" >/dev/null 2>&1 || true; fi
     if [ -n "${workdir:-}" ]; then rm -rf "$workdir"; fi
+    if [ -n "${generated:-}" ]; then rm -f "$generated"; fi
 }
 
 build_image() {
-    local tag=$DEFAULT_IMAGE
+    local tag=$DEFAULT_IMAGE builder_image=$DEFAULT_BUILDER binary=""
     while [ $# -gt 0 ]; do
         case "$1" in
-            -t | --tag)
+            -t | --tag | --builder | --binary)
                 [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"
-                tag=$2
+                case "$1" in
+                    --builder) builder_image=$2 ;;
+                    --binary) binary=$2 ;;
+                    *) tag=$2 ;;
+                esac
                 shift 2
                 ;;
-            --tag=*)
-                tag=${1#--tag=}
-                [ -n "$tag" ] || die "--tag needs a value"
+            --tag=* | --builder=* | --binary=*)
+                local value=${1#*=}
+                [ -n "$value" ] || die "${1%%=*} needs a value"
+                case "$1" in
+                    --builder=*) builder_image=$value ;;
+                    --binary=*) binary=$value ;;
+                    *) tag=$value ;;
+                esac
                 shift
                 ;;
             *) die "unknown option $1 (see --help)" ;;
         esac
     done
+    if [ -n "$binary" ]; then
+        [ -f "$binary" ] && [ -x "$binary" ] || die "--binary: $binary is not an executable file"
+    fi
     command -v docker >/dev/null || die "docker is not installed"
 
-    local builder="$tag-builder"
-    builder=${builder//:/-}
     # Globals, not locals: the EXIT trap runs after this function has returned.
     workdir=$(mktemp -d)
     container=""
+    generated=""
     trap cleanup EXIT
 
-    echo "stage 1: building the static binary in $builder"
-    docker build -f Dockerfile.build -t "$builder" .
-    container=$(docker container create "$builder")
-    docker cp "$container:/src/target/$TARGET/release/$BINARY" "$workdir/$BINARY"
-    docker rm -f "$container" >/dev/null
-    container=""
+    if [ -n "$binary" ]; then
+        echo "stage 1: skipped, using $binary"
+        cp "$binary" "$workdir/$BINARY"
+    else
+        local builder="$tag-builder"
+        builder=${builder//:/-}
+        echo "stage 1: building the static binary in $builder (from $builder_image)"
+        local dockerfile=Dockerfile.build
+        if [ "$builder_image" != "$DEFAULT_BUILDER" ]; then
+            # Docker before 17.05 has no ARG before FROM: the builder image is written into a copy of
+            # Dockerfile.build, inside the build context as such docker requires.
+            dockerfile=.Dockerfile.build.$$
+            generated=$dockerfile
+            sed "s|^FROM $DEFAULT_BUILDER\$|FROM $builder_image|" Dockerfile.build > "$dockerfile"
+            grep -qx "FROM $builder_image" "$dockerfile" || die "Dockerfile.build has no line FROM $DEFAULT_BUILDER"
+        fi
+        docker build -f "$dockerfile" -t "$builder" .
+        container=$(docker container create "$builder")
+        docker cp "$container:/src/target/$TARGET/release/$BINARY" "$workdir/$BINARY"
+        docker rm -f "$container" >/dev/null
+        container=""
+    fi
 
     echo "stage 2: building $tag from scratch"
     cp Dockerfile "$workdir/Dockerfile"

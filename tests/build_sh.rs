@@ -11,6 +11,8 @@ const FAKE_DOCKER: &str = r#"#!/usr/bin/env bash
 echo "docker $*" >> "$FAKE_DOCKER_LOG"
 case "$1" in
     build)
+        # The builder image stage 1 starts from, as the Dockerfile given with -f says.
+        if [ "$2" = -f ]; then grep '^FROM' "$3" >> "$FAKE_DOCKER_LOG.from"; fi
         # The last argument is the context; stage 2's must hold the binary and the Dockerfile.
         ctx="${*: -1}"
         if [ "$ctx" != "." ]; then
@@ -48,6 +50,12 @@ impl Fake {
         std::fs::read_to_string(self.log_path()).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
+    /// The FROM line of each Dockerfile stage 1 was built with.
+    fn builder_froms(&self) -> Vec<String> {
+        let path = format!("{}.from", self.log_path().display());
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let path = format!("{}:{}", self.dir.path().display(), std::env::var("PATH").unwrap_or_default());
         Command::new("bash")
@@ -70,7 +78,7 @@ fn help_and_bad_arguments() {
     let fake = Fake::new();
     let out = fake.run(&["--help"], &[]);
     assert_eq!(out.status.code(), Some(0));
-    for word in ["static", "image", "--tag", "Dockerfile.build", "FROM scratch"] {
+    for word in ["static", "image", "--tag", "--builder", "--binary", "Dockerfile.build", "FROM scratch"] {
         assert!(text(&out).contains(word), "help lacks {word}");
     }
     for (args, needle) in [
@@ -79,6 +87,8 @@ fn help_and_bad_arguments() {
         (&["image", "--tag"], "--tag needs a value"),
         (&["image", "--tag="], "--tag needs a value"),
         (&["static", "--tag", "x"], "static takes no options"),
+        (&["image", "--builder"], "--builder needs a value"),
+        (&["image", "--binary", "/nonexistent/k8s-accelerator-devplugin"], "is not an executable file"),
     ] {
         let out = fake.run(args, &[]);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
@@ -113,4 +123,33 @@ fn a_failed_copy_still_removes_the_temporary_container() {
     assert_eq!(calls[0], "docker build -f Dockerfile.build -t accelerator-device-plugin-latest-builder .");
     assert_eq!(calls.last().map(String::as_str), Some("docker rm -f c0ffee"), "{calls:#?}");
     assert!(!calls.iter().any(|c| c.starts_with("docker build -t")), "no stage 2 after a failure: {calls:#?}");
+}
+
+#[test]
+fn another_builder_image_is_written_into_a_temporary_dockerfile() {
+    let fake = Fake::new();
+    let out = fake.run(&["image", "--builder", "mirror.example/rust:1.95-slim-bookworm"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let calls = fake.calls();
+    assert!(calls[0].starts_with("docker build -f .Dockerfile.build."), "{calls:#?}");
+    assert_eq!(fake.builder_froms(), ["FROM mirror.example/rust:1.95-slim-bookworm"]);
+    let generated = calls[0].split(' ').nth(3).unwrap();
+    assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join(generated).exists(), "{generated} is removed");
+    // The default builder uses Dockerfile.build as it is.
+    let fake = Fake::new();
+    assert_eq!(fake.run(&["image"], &[]).status.code(), Some(0));
+    assert_eq!(fake.builder_froms(), ["FROM rust:1.95-slim-bookworm"]);
+}
+
+#[test]
+fn a_binary_built_before_skips_stage_one() {
+    let fake = Fake::new();
+    let binary = fake.dir.path().join("k8s-accelerator-devplugin");
+    std::fs::write(&binary, "#!/bin/true\n").unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = fake.run(&["image", "--binary", binary.to_str().unwrap(), "-t", "plugin:ci"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    assert!(calls[0].starts_with("docker build -t plugin:ci /"), "{}", calls[0]);
 }

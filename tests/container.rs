@@ -1,0 +1,290 @@
+//! The runtime image under a real docker engine, run the way the rendered DaemonSets run it: their image,
+//! arguments, security context, liveness command, termination-log path and host mounts (the host paths
+//! swapped for a simulated node and kubelet directory). Against the simulated kubelet in the host directory
+//! it must register, list, allocate, re-register after a kubelet restart, pass its liveness probe through
+//! `docker exec`, and stop with exit code 0 on `docker stop` within the pod's grace period.
+//!
+//! Needs a docker engine and the image, so it runs only when CI says where things are:
+//! - `K8S_ACCEL_TEST_MANIFESTS`: a directory with `aws.json` and `intel.json`, the rendered overlays as JSON
+//!   (`kubectl kustomize deploy/overlays/<flavour>` converted from YAML);
+//! - the image named in the manifests must exist in the local docker engine (`./build.sh image --binary`).
+//!
+//! Without `K8S_ACCEL_TEST_MANIFESTS` each test says so and passes.
+
+mod common;
+
+use common::{sockets, wait_until, WAIT};
+use k8s_accelerator_devplugin::api;
+use k8s_accelerator_devplugin::sim::{FakeKubelet, Fme, SimNode, TempDir};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The pod settings the test applies, read from a rendered DaemonSet.
+struct PodSpec {
+    image: String,
+    args: Vec<String>,
+    run_as_user: u64,
+    read_only_root: bool,
+    no_new_privileges: bool,
+    drop_capabilities: Vec<String>,
+    seccomp: String,
+    liveness: Vec<String>,
+    termination_log: String,
+    grace: Duration,
+    /// (host path, container path, read-only)
+    mounts: Vec<(String, String, bool)>,
+}
+
+fn manifests() -> Option<PathBuf> {
+    match std::env::var_os("K8S_ACCEL_TEST_MANIFESTS") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => {
+            eprintln!("skipping: K8S_ACCEL_TEST_MANIFESTS is not set (CI sets it, with a docker engine running)");
+            None
+        }
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+fn pod_spec(dir: &Path, flavour: &str) -> PodSpec {
+    let path = dir.join(format!("{flavour}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(doc["kind"], "DaemonSet", "{}", path.display());
+    let pod = &doc["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "one container");
+    let c = &containers[0];
+    let sc = &c["securityContext"];
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let host_path = |name: &str| -> String {
+        let v = volumes.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no volume {name}"));
+        v["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("volume {name} is not a hostPath")).to_string()
+    };
+    let mounts = c["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().expect("mount name");
+            (host_path(name), m["mountPath"].as_str().expect("mountPath").to_string(), m["readOnly"] == true)
+        })
+        .collect();
+    PodSpec {
+        image: c["image"].as_str().expect("image").to_string(),
+        args: strings(&c["args"]),
+        run_as_user: sc["runAsUser"].as_u64().expect("runAsUser"),
+        read_only_root: sc["readOnlyRootFilesystem"] == true,
+        no_new_privileges: sc["allowPrivilegeEscalation"] == false,
+        drop_capabilities: strings(&sc["capabilities"]["drop"]),
+        seccomp: sc["seccompProfile"]["type"].as_str().unwrap_or("Unconfined").to_string(),
+        liveness: strings(&c["livenessProbe"]["exec"]["command"]),
+        termination_log: c["terminationMessagePath"].as_str().unwrap_or("/dev/termination-log").to_string(),
+        grace: Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30)),
+        mounts,
+    }
+}
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker").args(args).output().expect("run docker");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text.trim().to_string())
+}
+
+/// A running container; removed when dropped, after printing its log if the test failed.
+struct Container {
+    id: String,
+}
+
+impl Container {
+    fn log(&self) -> String {
+        docker(&["logs", &self.id]).1
+    }
+
+    fn pid(&self) -> u32 {
+        let (ok, pid) = docker(&["inspect", "-f", "{{.State.Pid}}", &self.id]);
+        assert!(ok, "{pid}");
+        pid.parse().unwrap_or_else(|_| panic!("pid {pid:?}"))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- container log ---\n{}\n--- end of container log ---", self.log());
+        }
+        let _ = docker(&["rm", "-f", &self.id]);
+    }
+}
+
+/// The simulated host: a node (sysfs and /dev trees), the kubelet's directory, and the termination-log file.
+struct Host {
+    node: SimNode,
+    kubelet: FakeKubelet,
+    dir: TempDir,
+    termination_log: PathBuf,
+}
+
+impl Host {
+    fn new(intel: bool) -> Host {
+        let node = SimNode::new().unwrap();
+        if intel {
+            node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+            node.dfl_card("0000:86:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(1, 0)]).unwrap();
+        }
+        // A real host's /dev has a null device, and runc needs it in a /dev mounted over the container's.
+        let null = std::ffi::CString::new(node.dev().join("null").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mknod creates a node and touches no memory of ours.
+        let made = unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+        assert_eq!(made, 0, "mknod {:?}: {}", null, std::io::Error::last_os_error());
+        let dir = TempDir::new("kubelet").unwrap();
+        let kubelet = FakeKubelet::start(dir.path()).unwrap();
+        let termination_log = node.root().join("termination-log");
+        std::fs::write(&termination_log, "").unwrap();
+        Host { node, kubelet, dir, termination_log }
+    }
+
+    /// Where a host path of the manifest is on this simulated host.
+    fn map(&self, host_path: &str) -> PathBuf {
+        match host_path {
+            "/var/lib/kubelet/device-plugins" => self.dir.path().to_path_buf(),
+            "/sys" => self.node.sysfs(),
+            "/dev" => self.node.dev(),
+            other => panic!("the manifest mounts {other}, which this test does not simulate: add it"),
+        }
+    }
+
+    fn run(&self, spec: &PodSpec, name: &str) -> Container {
+        let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.into()];
+        args.extend(["--network".into(), "none".into(), "--user".into(), spec.run_as_user.to_string()]);
+        if spec.read_only_root {
+            args.push("--read-only".into());
+        }
+        if spec.no_new_privileges {
+            args.extend(["--security-opt".into(), "no-new-privileges".into()]);
+        }
+        for cap in &spec.drop_capabilities {
+            args.extend(["--cap-drop".into(), cap.clone()]);
+        }
+        // RuntimeDefault is the engine's default profile: nothing to pass.
+        assert_eq!(spec.seccomp, "RuntimeDefault", "the manifests ask for the runtime's default seccomp profile");
+        for (host, container, read_only) in &spec.mounts {
+            let ro = if *read_only { ":ro" } else { "" };
+            args.extend(["-v".into(), format!("{}:{container}{ro}", self.map(host).display())]);
+        }
+        // The kubelet bind-mounts a file of its own at the termination-message path.
+        args.extend(["-v".into(), format!("{}:{}", self.termination_log.display(), spec.termination_log)]);
+        args.push(spec.image.clone());
+        args.extend(spec.args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out) = docker(&args);
+        assert!(ok, "docker {args:?}: {out}");
+        Container { id: out.lines().last().unwrap_or_default().to_string() }
+    }
+}
+
+fn allocate(client: &api::DevicePluginClient, ids: &[&str]) -> api::ContainerAllocateResponse {
+    let mut req = api::AllocateRequest::new();
+    let mut c = api::ContainerAllocateRequest::new();
+    c.devices_ids = ids.iter().map(|s| s.to_string()).collect();
+    req.container_requests.push(c);
+    client.allocate(&req).expect("Allocate").container_responses.remove(0)
+}
+
+/// The `/proc/<pid>/status` line `key:` of the container's process, as the host sees it.
+fn status_field(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+fn run_flavour(flavour: &str) {
+    let Some(dir) = manifests() else { return };
+    let spec = pod_spec(&dir, flavour);
+    let intel = flavour == "intel";
+    let mut host = Host::new(intel);
+    let name = format!("k8s-accel-test-{flavour}-{}", std::process::id());
+    let container = host.run(&spec, &name);
+
+    // Registers, lists.
+    let reg = host.kubelet.wait_registration(1, WAIT).unwrap_or_else(|| panic!("no Register\n{}", container.log()));
+    assert_eq!(reg.request.resource_name, "b-com.com/accelerator");
+    let want = if intel { 2 } else { 40 };
+    host.kubelet
+        .wait_devices(WAIT, |d| d.len() == want && d.iter().all(|d| d.health == "Healthy"))
+        .unwrap_or_else(|| panic!("no list of {want} healthy devices: {:?}", host.kubelet.updates().last()));
+
+    // The security context reached the process.
+    let pid = container.pid();
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(pid, "Seccomp:"), "2", "filtered by the default profile");
+    assert_eq!(status_field(pid, "CapEff:"), "0000000000000000", "every capability dropped");
+    assert!(status_field(pid, "Uid:").starts_with(&format!("{}\t", spec.run_as_user)));
+
+    // Allocates: the environment, and for Intel the device nodes with host paths that are right on the host.
+    let client = host.kubelet.plugin().expect("a client");
+    if intel {
+        let c = allocate(&client, &["0000:86:00.0", "0000:5e:00.0"]);
+        assert_eq!(c.envs["ACCELERATOR_UNITS"], "0000:86:00.0,0000:5e:00.0");
+        let nodes: Vec<(&str, &str)> =
+            c.devices.iter().map(|d| (d.container_path.as_str(), d.host_path.as_str())).collect();
+        assert_eq!(
+            nodes,
+            [("/dev/dfl-port.1", "/dev/dfl-port.1"), ("/dev/intel-fpga-port.0", "/dev/intel-fpga-port.0")]
+        );
+        for d in &c.devices {
+            // The host path the plugin hands over is a container path under a host mount: through the
+            // manifest's volume it must name the node on the host.
+            let (host_dir, mount, _) = spec
+                .mounts
+                .iter()
+                .find(|(_, m, _)| Path::new(&d.host_path).starts_with(m))
+                .unwrap_or_else(|| panic!("{} is under no host mount", d.host_path));
+            let on_host = Path::new(host_dir).join(Path::new(&d.host_path).strip_prefix(mount).unwrap());
+            assert_eq!(on_host, Path::new(&d.host_path), "the manifest mounts the host's /dev at /dev");
+            let in_simulation = host.map(host_dir).join(Path::new(&d.host_path).strip_prefix(mount).unwrap());
+            assert!(in_simulation.exists(), "{} exists on the (simulated) host", in_simulation.display());
+        }
+    } else {
+        let c = allocate(&client, &["3", "1"]);
+        assert_eq!(c.envs["ACCELERATOR_UNITS"], "3,1");
+        assert!(c.devices.is_empty());
+    }
+
+    // Re-registers after a kubelet restart.
+    host.kubelet.restart().unwrap();
+    host.kubelet.wait_registration(2, WAIT).unwrap_or_else(|| panic!("no Register after the restart"));
+
+    // The liveness probe of the manifest, through docker exec.
+    let mut exec = vec!["exec", container.id.as_str()];
+    exec.extend(spec.liveness.iter().map(String::as_str));
+    let (ok, out) = docker(&exec);
+    assert!(ok, "liveness probe {:?}: {out}", spec.liveness);
+    assert!(out.starts_with("ok: "), "{out}");
+
+    // docker stop: SIGTERM, then SIGKILL after the pod's grace period.
+    let stopping = Instant::now();
+    let grace = spec.grace.as_secs().to_string();
+    let (ok, out) = docker(&["stop", "-t", &grace, &container.id]);
+    assert!(ok, "{out}");
+    let took = stopping.elapsed();
+    assert!(took < spec.grace, "stopped after {took:?}, grace {:?}", spec.grace);
+    let (_, code) = docker(&["inspect", "-f", "{{.State.ExitCode}}", &container.id]);
+    assert_eq!(code, "0", "exit code; log:\n{}", container.log());
+    assert!(wait_until(WAIT, || sockets(host.dir.path()) == ["kubelet.sock"]), "{:?}", sockets(host.dir.path()));
+    host.kubelet.stop();
+}
+
+#[test]
+fn the_aws_daemonset_runs_under_docker() {
+    run_flavour("aws");
+}
+
+#[test]
+fn the_intel_daemonset_runs_under_docker() {
+    run_flavour("intel");
+}
