@@ -103,6 +103,9 @@ build_image() {
         esac
     done
     if [ -n "$binary" ]; then
+        [ "$builder_image" = "$DEFAULT_BUILDER" ] || die "--builder and --binary exclude each other"
+        # Relative to where build.sh was called from, not to the repository it changes into.
+        case "$binary" in /*) ;; *) binary="$CALLER_DIR/$binary" ;; esac
         [ -f "$binary" ] && [ -x "$binary" ] || die "--binary: $binary is not an executable file"
     fi
     command -v docker >/dev/null || die "docker is not installed"
@@ -121,15 +124,20 @@ build_image() {
         builder=${builder//:/-}
         echo "stage 1: building the static binary in $builder (from $builder_image)"
         local dockerfile=Dockerfile.build
+        grep -qxF "FROM $DEFAULT_BUILDER" Dockerfile.build || die "Dockerfile.build has no line FROM $DEFAULT_BUILDER"
         if [ "$builder_image" != "$DEFAULT_BUILDER" ]; then
             # Docker before 17.05 has no ARG before FROM: the builder image is written into a copy of
-            # Dockerfile.build, inside the build context as such docker requires.
+            # Dockerfile.build, inside the build context as such docker requires. Plain string comparison,
+            # no sed: an image name may hold characters special to it.
             dockerfile=.Dockerfile.build.$$
             generated=$dockerfile
-            sed "s|^FROM $DEFAULT_BUILDER\$|FROM $builder_image|" Dockerfile.build > "$dockerfile"
-            grep -qx "FROM $builder_image" "$dockerfile" || die "Dockerfile.build has no line FROM $DEFAULT_BUILDER"
+            local line
+            while IFS= read -r line; do
+                if [ "$line" = "FROM $DEFAULT_BUILDER" ]; then line="FROM $builder_image"; fi
+                printf '%s\n' "$line"
+            done < Dockerfile.build > "$dockerfile"
         fi
-        docker build -f "$dockerfile" -t "$builder" .
+        docker build --force-rm -f "$dockerfile" -t "$builder" .
         container=$(docker container create "$builder")
         docker cp "$container:/src/target/$TARGET/release/$BINARY" "$workdir/$BINARY"
         docker rm -f "$container" >/dev/null
@@ -138,7 +146,7 @@ build_image() {
 
     echo "stage 2: building $tag from scratch"
     cp Dockerfile "$workdir/Dockerfile"
-    docker build -t "$tag" "$workdir"
+    docker build --force-rm -t "$tag" "$workdir"
     echo "built $tag"
 }
 
@@ -166,5 +174,7 @@ main() {
     esac
 }
 
+CALLER_DIR=$PWD
+readonly CALLER_DIR
 cd "$(dirname "$0")"
 main "$@"

@@ -12,7 +12,10 @@ echo "docker $*" >> "$FAKE_DOCKER_LOG"
 case "$1" in
     build)
         # The builder image stage 1 starts from, as the Dockerfile given with -f says.
-        if [ "$2" = -f ]; then grep '^FROM' "$3" >> "$FAKE_DOCKER_LOG.from"; fi
+        args=("$@")
+        for i in "${!args[@]}"; do
+            if [ "${args[$i]}" = -f ]; then grep '^FROM' "${args[$((i + 1))]}" >> "$FAKE_DOCKER_LOG.from"; fi
+        done
         # The last argument is the context; stage 2's must hold the binary and the Dockerfile.
         ctx="${*: -1}"
         if [ "$ctx" != "." ]; then
@@ -57,8 +60,14 @@ impl Fake {
     }
 
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.run_in(Path::new(env!("CARGO_MANIFEST_DIR")), args, env)
+    }
+
+    /// build.sh called from `cwd`.
+    fn run_in(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         let path = format!("{}:{}", self.dir.path().display(), std::env::var("PATH").unwrap_or_default());
         Command::new("bash")
+            .current_dir(cwd)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
             .args(args)
             .env("PATH", path)
@@ -88,6 +97,7 @@ fn help_and_bad_arguments() {
         (&["image", "--tag="], "--tag needs a value"),
         (&["static", "--tag", "x"], "static takes no options"),
         (&["image", "--builder"], "--builder needs a value"),
+        (&["image", "--builder", "mirror/rust:1", "--binary", "/bin/true"], "exclude each other"),
         (&["image", "--binary", "/nonexistent/k8s-accelerator-devplugin"], "is not an executable file"),
     ] {
         let out = fake.run(args, &[]);
@@ -104,12 +114,12 @@ fn image_builds_in_two_stages_and_removes_its_container() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let calls = fake.calls();
     assert_eq!(calls.len(), 5, "{calls:#?}");
-    assert_eq!(calls[0], "docker build -f Dockerfile.build -t registry.example/plugin-1.2-builder .");
+    assert_eq!(calls[0], "docker build --force-rm -f Dockerfile.build -t registry.example/plugin-1.2-builder .");
     assert_eq!(calls[1], "docker container create registry.example/plugin-1.2-builder");
     assert!(calls[2]
         .starts_with("docker cp c0ffee:/src/target/x86_64-unknown-linux-musl/release/k8s-accelerator-devplugin "));
     assert_eq!(calls[3], "docker rm -f c0ffee");
-    assert!(calls[4].starts_with("docker build -t registry.example/plugin:1.2 /"), "{}", calls[4]);
+    assert!(calls[4].starts_with("docker build --force-rm -t registry.example/plugin:1.2 /"), "{}", calls[4]);
     let context = calls[4].rsplit(' ').next().unwrap();
     assert!(!Path::new(context).exists(), "the stage-2 context {context} is removed");
 }
@@ -120,9 +130,12 @@ fn a_failed_copy_still_removes_the_temporary_container() {
     let out = fake.run(&[], &[("FAKE_DOCKER_FAIL", "cp")]);
     assert_ne!(out.status.code(), Some(0));
     let calls = fake.calls();
-    assert_eq!(calls[0], "docker build -f Dockerfile.build -t accelerator-device-plugin-latest-builder .");
+    assert_eq!(calls[0], "docker build --force-rm -f Dockerfile.build -t accelerator-device-plugin-latest-builder .");
     assert_eq!(calls.last().map(String::as_str), Some("docker rm -f c0ffee"), "{calls:#?}");
-    assert!(!calls.iter().any(|c| c.starts_with("docker build -t")), "no stage 2 after a failure: {calls:#?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("docker build --force-rm -t")),
+        "no stage 2 after a failure: {calls:#?}"
+    );
 }
 
 #[test]
@@ -131,9 +144,9 @@ fn another_builder_image_is_written_into_a_temporary_dockerfile() {
     let out = fake.run(&["image", "--builder", "mirror.example/rust:1.95-slim-bookworm"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let calls = fake.calls();
-    assert!(calls[0].starts_with("docker build -f .Dockerfile.build."), "{calls:#?}");
+    assert!(calls[0].starts_with("docker build --force-rm -f .Dockerfile.build."), "{calls:#?}");
     assert_eq!(fake.builder_froms(), ["FROM mirror.example/rust:1.95-slim-bookworm"]);
-    let generated = calls[0].split(' ').nth(3).unwrap();
+    let generated = calls[0].split(' ').nth(4).unwrap();
     assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join(generated).exists(), "{generated} is removed");
     // The default builder uses Dockerfile.build as it is.
     let fake = Fake::new();
@@ -151,5 +164,21 @@ fn a_binary_built_before_skips_stage_one() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let calls = fake.calls();
     assert_eq!(calls.len(), 1, "{calls:#?}");
-    assert!(calls[0].starts_with("docker build -t plugin:ci /"), "{}", calls[0]);
+    assert!(calls[0].starts_with("docker build --force-rm -t plugin:ci /"), "{}", calls[0]);
+    // A relative path is the caller's, not the repository's (build.sh changes into it).
+    let out = fake.run_in(fake.dir.path(), &["image", "--binary", "k8s-accelerator-devplugin"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn the_default_builder_image_is_the_same_everywhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
+    let script = read("build.sh");
+    let default = script.lines().find_map(|l| l.strip_prefix("DEFAULT_BUILDER=")).expect("DEFAULT_BUILDER in build.sh");
+    assert!(read("Dockerfile.build").lines().any(|l| l == format!("FROM {default}")), "Dockerfile.build");
+    assert!(
+        read("Dockerfile.multistage").lines().any(|l| l == format!("ARG BUILDER_IMAGE={default}")),
+        "Dockerfile.multistage"
+    );
 }

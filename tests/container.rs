@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The pod settings the test applies, read from a rendered DaemonSet.
+/// The pod settings the test applies, read from a rendered DaemonSet. Every key of the container, its
+/// security context and the pod spec is either applied here or known not to matter outside a cluster
+/// (scheduling): a key the test does not know fails it, so that a manifest change is never silently left
+/// untested.
 struct PodSpec {
     image: String,
     args: Vec<String>,
@@ -31,10 +34,43 @@ struct PodSpec {
     drop_capabilities: Vec<String>,
     seccomp: String,
     liveness: Vec<String>,
+    liveness_timeout: Duration,
     termination_log: String,
     grace: Duration,
-    /// (host path, container path, read-only)
-    mounts: Vec<(String, String, bool)>,
+    /// `docker run` options for resources.limits.
+    limits: Vec<String>,
+    host_network: bool,
+    /// Whether the kubelet would mount a service-account token (automountServiceAccountToken not false).
+    service_account_token: bool,
+    /// (host path, hostPath type, container path, read-only)
+    mounts: Vec<(String, String, String, bool)>,
+}
+
+/// Fails on a key of `object` that is not in `known`.
+fn only_known_keys(object: &Value, known: &[&str], what: &str) {
+    for key in object.as_object().map(|o| o.keys().collect::<Vec<_>>()).unwrap_or_default() {
+        assert!(known.contains(&key.as_str()), "{what} has `{key}`, which tests/container.rs does not apply: add it");
+    }
+}
+
+/// `100m` → `0.1`, `2` → `2`: a Kubernetes CPU quantity as docker's --cpus.
+fn cpus(q: &str) -> String {
+    match q.strip_suffix('m') {
+        Some(milli) => format!("{}", milli.parse::<f64>().expect("millicores") / 1000.0),
+        None => q.to_string(),
+    }
+}
+
+/// `64Mi` → `64m`: a Kubernetes memory quantity as docker's --memory.
+fn memory(q: &str) -> String {
+    let (n, unit) = q.split_at(q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len()));
+    match unit {
+        "Mi" => format!("{n}m"),
+        "Gi" => format!("{n}g"),
+        "Ki" => format!("{n}k"),
+        "" => n.to_string(),
+        other => panic!("memory unit {other} not handled"),
+    }
 }
 
 fn manifests() -> Option<PathBuf> {
@@ -57,24 +93,79 @@ fn pod_spec(dir: &Path, flavour: &str) -> PodSpec {
     let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(doc["kind"], "DaemonSet", "{}", path.display());
     let pod = &doc["spec"]["template"]["spec"];
+    // Scheduling keys mean nothing to one container on one machine.
+    only_known_keys(
+        pod,
+        &[
+            "containers",
+            "volumes",
+            "terminationGracePeriodSeconds",
+            "hostNetwork",
+            "automountServiceAccountToken",
+            "priorityClassName",
+            "tolerations",
+            "nodeSelector",
+            "affinity",
+        ],
+        "the pod spec",
+    );
     let containers = pod["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 1, "one container");
     let c = &containers[0];
+    only_known_keys(
+        c,
+        &[
+            "name",
+            "image",
+            "imagePullPolicy",
+            "args",
+            "resources",
+            "securityContext",
+            "livenessProbe",
+            "terminationMessagePath",
+            "volumeMounts",
+        ],
+        "the container",
+    );
     let sc = &c["securityContext"];
+    only_known_keys(
+        sc,
+        &["runAsUser", "readOnlyRootFilesystem", "allowPrivilegeEscalation", "capabilities", "seccompProfile"],
+        "the securityContext",
+    );
+    only_known_keys(&sc["capabilities"], &["drop"], "the capabilities");
+    let probe = &c["livenessProbe"];
+    only_known_keys(
+        probe,
+        &["exec", "initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold"],
+        "the livenessProbe",
+    );
     let volumes = pod["volumes"].as_array().expect("volumes");
-    let host_path = |name: &str| -> String {
+    let host_path = |name: &str| -> (String, String) {
         let v = volumes.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no volume {name}"));
-        v["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("volume {name} is not a hostPath")).to_string()
+        only_known_keys(v, &["name", "hostPath"], "a volume");
+        let path = v["hostPath"]["path"].as_str().unwrap_or_else(|| panic!("volume {name} is not a hostPath"));
+        (path.to_string(), v["hostPath"]["type"].as_str().unwrap_or("").to_string())
     };
     let mounts = c["volumeMounts"]
         .as_array()
         .expect("volumeMounts")
         .iter()
         .map(|m| {
-            let name = m["name"].as_str().expect("mount name");
-            (host_path(name), m["mountPath"].as_str().expect("mountPath").to_string(), m["readOnly"] == true)
+            only_known_keys(m, &["name", "mountPath", "readOnly"], "a volumeMount");
+            let (host, kind) = host_path(m["name"].as_str().expect("mount name"));
+            (host, kind, m["mountPath"].as_str().expect("mountPath").to_string(), m["readOnly"] == true)
         })
         .collect();
+    let limits = &c["resources"]["limits"];
+    only_known_keys(limits, &["cpu", "memory"], "resources.limits");
+    let mut limit_args = Vec::new();
+    if let Some(cpu) = limits["cpu"].as_str() {
+        limit_args.extend(["--cpus".to_string(), cpus(cpu)]);
+    }
+    if let Some(mem) = limits["memory"].as_str() {
+        limit_args.extend(["--memory".to_string(), memory(mem)]);
+    }
     PodSpec {
         image: c["image"].as_str().expect("image").to_string(),
         args: strings(&c["args"]),
@@ -83,17 +174,40 @@ fn pod_spec(dir: &Path, flavour: &str) -> PodSpec {
         no_new_privileges: sc["allowPrivilegeEscalation"] == false,
         drop_capabilities: strings(&sc["capabilities"]["drop"]),
         seccomp: sc["seccompProfile"]["type"].as_str().unwrap_or("Unconfined").to_string(),
-        liveness: strings(&c["livenessProbe"]["exec"]["command"]),
+        liveness: strings(&probe["exec"]["command"]),
+        liveness_timeout: Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1)),
         termination_log: c["terminationMessagePath"].as_str().unwrap_or("/dev/termination-log").to_string(),
         grace: Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30)),
+        limits: limit_args,
+        host_network: pod["hostNetwork"] == true,
+        service_account_token: pod["automountServiceAccountToken"] != false,
         mounts,
     }
 }
 
-fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker").args(args).output().expect("run docker");
+/// The value of `-flag`/`--flag` in a container's arguments.
+fn arg_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|a| a.trim_start_matches('-') == flag)?;
+    args.get(at + 1).map(String::as_str)
+}
+
+/// Runs a docker command, killed after `limit` (a stuck engine must not hold CI until its deadline).
+fn docker_within(limit: Duration, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg(format!("{}s", limit.as_secs().max(1)))
+        .arg("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(124) {
+        return (false, format!("docker {args:?} did not finish within {limit:?}: {text}"));
+    }
     (out.status.success(), text.trim().to_string())
+}
+
+fn docker(args: &[&str]) -> (bool, String) {
+    docker_within(Duration::from_secs(60), args)
 }
 
 /// A running container; removed when dropped, after printing its log if the test failed.
@@ -142,6 +256,8 @@ impl Host {
         // SAFETY: a valid NUL-terminated path; mknod creates a node and touches no memory of ours.
         let made = unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
         assert_eq!(made, 0, "mknod {:?}: {}", null, std::io::Error::last_os_error());
+        // So does /dev/shm: the runtime mounts the pod's shared memory there, over the host's /dev.
+        std::fs::create_dir_all(node.dev().join("shm")).unwrap();
         let dir = TempDir::new("kubelet").unwrap();
         let kubelet = FakeKubelet::start(dir.path()).unwrap();
         let termination_log = node.root().join("termination-log");
@@ -160,8 +276,13 @@ impl Host {
     }
 
     fn run(&self, spec: &PodSpec, name: &str) -> Container {
-        let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.into()];
-        args.extend(["--network".into(), "none".into(), "--user".into(), spec.run_as_user.to_string()]);
+        // A container of an earlier, killed run of this test.
+        let _ = docker(&["rm", "-f", name]);
+        let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--pull".into(), "never".into()];
+        args.extend(["--name".into(), name.into(), "--label".into(), "k8s-accel-test=1".into()]);
+        let network = if spec.host_network { "host" } else { "none" };
+        args.extend(["--network".into(), network.into(), "--user".into(), spec.run_as_user.to_string()]);
+        args.extend(spec.limits.iter().cloned());
         if spec.read_only_root {
             args.push("--read-only".into());
         }
@@ -173,17 +294,30 @@ impl Host {
         }
         // RuntimeDefault is the engine's default profile: nothing to pass.
         assert_eq!(spec.seccomp, "RuntimeDefault", "the manifests ask for the runtime's default seccomp profile");
-        for (host, container, read_only) in &spec.mounts {
+        for (host, kind, container, read_only) in &spec.mounts {
+            let on_host = self.map(host);
+            // Kubernetes refuses to start a pod whose hostPath of type Directory is missing; docker would
+            // create it.
+            assert_eq!(kind, "Directory", "hostPath type of {host}");
+            assert!(on_host.is_dir(), "{} is a directory", on_host.display());
             let ro = if *read_only { ":ro" } else { "" };
-            args.extend(["-v".into(), format!("{}:{container}{ro}", self.map(host).display())]);
+            args.extend(["-v".into(), format!("{}:{container}{ro}", on_host.display())]);
         }
-        // The kubelet bind-mounts a file of its own at the termination-message path.
+        // What the kubelet and the runtime add to every container: a file of the kubelet's at the
+        // termination-message path, the pod's shared memory at /dev/shm, and (unless the pod turns it off)
+        // the service-account token.
         args.extend(["-v".into(), format!("{}:{}", self.termination_log.display(), spec.termination_log)]);
+        args.extend(["--mount".into(), "type=tmpfs,destination=/dev/shm".into()]);
+        if spec.service_account_token {
+            let token = self.node.root().join("serviceaccount");
+            std::fs::create_dir_all(&token).unwrap();
+            args.extend(["-v".into(), format!("{}:/var/run/secrets/kubernetes.io/serviceaccount:ro", token.display())]);
+        }
         args.push(spec.image.clone());
         args.extend(spec.args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (ok, out) = docker(&args);
-        assert!(ok, "docker {args:?}: {out}");
+        assert!(ok, "FAILED: docker {args:?}: {out}");
         Container { id: out.lines().last().unwrap_or_default().to_string() }
     }
 }
@@ -213,7 +347,11 @@ fn run_flavour(flavour: &str) {
     // Registers, lists.
     let reg = host.kubelet.wait_registration(1, WAIT).unwrap_or_else(|| panic!("no Register\n{}", container.log()));
     assert_eq!(reg.request.resource_name, "b-com.com/accelerator");
-    let want = if intel { 2 } else { 40 };
+    let want = if intel {
+        2
+    } else {
+        arg_value(&spec.args, "accel-nbunits").and_then(|n| n.parse().ok()).expect("the aws flavour's -accel-nbunits")
+    };
     host.kubelet
         .wait_devices(WAIT, |d| d.len() == want && d.iter().all(|d| d.health == "Healthy"))
         .unwrap_or_else(|| panic!("no list of {want} healthy devices: {:?}", host.kubelet.updates().last()));
@@ -222,8 +360,14 @@ fn run_flavour(flavour: &str) {
     let pid = container.pid();
     assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
     assert_eq!(status_field(pid, "Seccomp:"), "2", "filtered by the default profile");
-    assert_eq!(status_field(pid, "CapEff:"), "0000000000000000", "every capability dropped");
+    for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:", "CapInh:"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "{set} every capability dropped");
+    }
     assert!(status_field(pid, "Uid:").starts_with(&format!("{}\t", spec.run_as_user)));
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let root = mountinfo.lines().map(|l| l.split(' ').collect::<Vec<_>>()).find(|f| f.get(4) == Some(&"/"));
+    let root_options = root.and_then(|f| f.get(5).copied()).unwrap_or_default();
+    assert_eq!(root_options.split(',').next(), Some(if spec.read_only_root { "ro" } else { "rw" }), "{mountinfo}");
 
     // Allocates: the environment, and for Intel the device nodes with host paths that are right on the host.
     let client = host.kubelet.plugin().expect("a client");
@@ -239,10 +383,10 @@ fn run_flavour(flavour: &str) {
         for d in &c.devices {
             // The host path the plugin hands over is a container path under a host mount: through the
             // manifest's volume it must name the node on the host.
-            let (host_dir, mount, _) = spec
+            let (host_dir, _, mount, _) = spec
                 .mounts
                 .iter()
-                .find(|(_, m, _)| Path::new(&d.host_path).starts_with(m))
+                .find(|(_, _, m, _)| Path::new(&d.host_path).starts_with(m))
                 .unwrap_or_else(|| panic!("{} is under no host mount", d.host_path));
             let on_host = Path::new(host_dir).join(Path::new(&d.host_path).strip_prefix(mount).unwrap());
             assert_eq!(on_host, Path::new(&d.host_path), "the manifest mounts the host's /dev at /dev");
@@ -262,14 +406,14 @@ fn run_flavour(flavour: &str) {
     // The liveness probe of the manifest, through docker exec.
     let mut exec = vec!["exec", container.id.as_str()];
     exec.extend(spec.liveness.iter().map(String::as_str));
-    let (ok, out) = docker(&exec);
-    assert!(ok, "liveness probe {:?}: {out}", spec.liveness);
+    let (ok, out) = docker_within(spec.liveness_timeout, &exec);
+    assert!(ok, "liveness probe {:?} within {:?}: {out}", spec.liveness, spec.liveness_timeout);
     assert!(out.starts_with("ok: "), "{out}");
 
     // docker stop: SIGTERM, then SIGKILL after the pod's grace period.
     let stopping = Instant::now();
     let grace = spec.grace.as_secs().to_string();
-    let (ok, out) = docker(&["stop", "-t", &grace, &container.id]);
+    let (ok, out) = docker_within(spec.grace + Duration::from_secs(30), &["stop", "-t", &grace, &container.id]);
     assert!(ok, "{out}");
     let took = stopping.elapsed();
     assert!(took < spec.grace, "stopped after {took:?}, grace {:?}", spec.grace);
