@@ -7,6 +7,7 @@ use k8s_accelerator_devplugin::api;
 use k8s_accelerator_devplugin::control;
 use k8s_accelerator_devplugin::daemon::{self, Settings};
 use k8s_accelerator_devplugin::discovery::{Backend, Roots};
+use k8s_accelerator_devplugin::routing::Routes;
 use k8s_accelerator_devplugin::sim::{FakeKubelet, Fme, SimNode, TempDir};
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let (control, handle) = control::new()?;
     let settings = Settings {
         backend: Backend::Intel,
-        resource_name: "b-com.com/accelerator".into(),
+        routes: Routes::single("b-com.com/accelerator"),
         device_plugin_path: dir.path().to_path_buf(),
         roots: Roots { sysfs: node.sysfs(), dev: node.dev() },
         scan_interval: Duration::from_secs(5),

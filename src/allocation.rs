@@ -175,7 +175,13 @@ mod tests {
         let mut r = Registry::default();
         r.update(
             devs.iter()
-                .map(|(id, n)| Device { id: id.to_string(), health: Health::Healthy, numa_node: *n, node: None })
+                .map(|(id, n)| Device {
+                    id: id.to_string(),
+                    health: Health::Healthy,
+                    numa_node: *n,
+                    node: None,
+                    afu_id: None,
+                })
                 .collect(),
         );
         r.snapshot()

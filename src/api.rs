@@ -18,6 +18,15 @@ pub fn unix_channel(env: &std::sync::Arc<grpcio::Environment>, path: &std::path:
     grpcio::ChannelBuilder::new(std::sync::Arc::clone(env)).use_local_subchannel_pool(true).connect(&unix_address(path))
 }
 
+/// The options we announce, both in GetDevicePluginOptions and in RegisterRequest.options: no
+/// PreStartContainer needed, GetPreferredAllocation available.
+pub fn options() -> DevicePluginOptions {
+    let mut o = DevicePluginOptions::new();
+    o.pre_start_required = false;
+    o.get_preferred_allocation_available = true;
+    o
+}
+
 /// The API version sent in `RegisterRequest.version`.
 pub const VERSION: &str = "v1beta1";
 /// The kubelet's registration socket, inside the device-plugins directory.

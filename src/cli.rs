@@ -22,6 +22,9 @@ Options:
                                <sysfs-root>/class/fpga_region exists, else aws]
   --accel-nbunits N            Number of AWS units, 1..=100000 [default: 40]
   --resource-name NAME         Extended resource name [default: b-com.com/accelerator]
+  --afu-resource NAME=AFU_ID   Advertise the Intel ports running this AFU (the 32 hex digits of their
+                               afu_id; any case, dashes allowed) as resource NAME; repeatable
+  --afu-resource auto          Advertise every other AFU as <domain of --resource-name>/afu-<AFU ID>
   --device-plugin-path DIR     The kubelet's device-plugins directory, at most 83 bytes
                                [default: /var/lib/kubelet/device-plugins]
   --sysfs-root DIR             Where the host's sysfs is mounted [default: /sys]
@@ -35,8 +38,9 @@ Options:
 Every long option may also be written with one dash (-accel-nbunits 1) and with = (--accel-nbunits=1).
 ";
 
-const LONG_FLAGS: [&str; 11] = [
+const LONG_FLAGS: [&str; 12] = [
     "backend",
+    "afu-resource",
     "accel-nbunits",
     "resource-name",
     "device-plugin-path",
@@ -61,6 +65,10 @@ pub struct Options {
     pub backend: Option<BackendChoice>,
     pub accel_nbunits: u32,
     pub resource_name: String,
+    /// `--afu-resource NAME=AFU_ID`: (NAME, canonical AFU ID), in command-line order.
+    pub afu_resources: Vec<(String, String)>,
+    /// `--afu-resource auto`.
+    pub afu_auto: bool,
     pub device_plugin_path: PathBuf,
     pub sysfs_root: PathBuf,
     pub dev_root: PathBuf,
@@ -75,6 +83,8 @@ impl Default for Options {
             backend: None,
             accel_nbunits: 40,
             resource_name: "b-com.com/accelerator".into(),
+            afu_resources: Vec::new(),
+            afu_auto: false,
             device_plugin_path: "/var/lib/kubelet/device-plugins".into(),
             sysfs_root: "/sys".into(),
             dev_root: "/dev".into(),
@@ -143,6 +153,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                 validate_resource_name(&v).map_err(|why| UsageError(format!("{flag}: {v:?} {why}")))?;
                 opts.resource_name = v;
             }
+            Long("afu-resource") => {
+                let v = value(&mut parser)?;
+                if v == "auto" {
+                    opts.afu_auto = true;
+                } else {
+                    let (name, afu_id) =
+                        parse_afu_resource(&v).map_err(|why| UsageError(format!("{flag} {v}: {why}")))?;
+                    if let Some((other, _)) = opts.afu_resources.iter().find(|(_, id)| *id == afu_id) {
+                        return Err(UsageError(format!("{flag} {v}: AFU {afu_id} is already given to {other}")));
+                    }
+                    opts.afu_resources.push((name, afu_id));
+                }
+            }
             Long("device-plugin-path") => {
                 let dir = path(value(&mut parser)?, &flag)?;
                 crate::endpoint::check_dir(&dir).map_err(|e| UsageError(format!("{flag}: {e}")))?;
@@ -175,6 +198,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         }
     }
     Ok(if probe { Command::Probe(opts) } else { Command::Run(opts) })
+}
+
+/// `NAME=AFU_ID` of `--afu-resource`: a valid resource name and a loaded AFU's ID.
+fn parse_afu_resource(v: &str) -> Result<(String, String), String> {
+    let (name, id) = v.split_once('=').ok_or("must be NAME=AFU_ID, or auto")?;
+    validate_resource_name(name).map_err(|why| format!("the resource name {name:?} {why}"))?;
+    let afu_id = crate::discovery::sysfs::parse_afu_id(id)
+        .ok_or_else(|| format!("{id:?} is not an AFU ID: 32 hex digits, dashes allowed"))?;
+    if afu_id.bytes().all(|b| b == b'f') {
+        return Err("an all-f AFU ID means that no AFU is loaded: such ports stay under --resource-name".into());
+    }
+    Ok((name.to_string(), afu_id))
 }
 
 /// `-accel-nbunits` → `--accel-nbunits` (also with `=value`); anything else is left as it is.
@@ -290,6 +325,22 @@ mod tests {
         assert_eq!(run(&["--log-file", "-"]).unwrap().log_file, None);
         assert_eq!(run(&["--device-plugin-path", "/x/y//"]).unwrap().device_plugin_path, PathBuf::from("/x/y"));
         assert_eq!(run(&["--sysfs-root", "/"]).unwrap().sysfs_root, PathBuf::from("/"));
+        let o = run(&[
+            "-afu-resource",
+            "example.com/gzip=D8424DC4-A4A3-C413-F89E-433683F9040B",
+            "--afu-resource=auto",
+            "--afu-resource",
+            "example.com/net=00112233445566778899aabbccddeeff",
+        ])
+        .unwrap();
+        assert!(o.afu_auto);
+        assert_eq!(
+            o.afu_resources,
+            [
+                ("example.com/gzip".to_string(), "d8424dc4a4a3c413f89e433683f9040b".to_string()),
+                ("example.com/net".to_string(), "00112233445566778899aabbccddeeff".to_string()),
+            ]
+        );
         match parse(["probe", "-device-plugin-path", "/x"].map(OsString::from)) {
             Ok(Command::Probe(o)) => assert_eq!(o.device_plugin_path, PathBuf::from("/x")),
             other => panic!("{other:?}"),
@@ -312,6 +363,19 @@ mod tests {
             (&["stray"], "stray"),
             (&["--device-plugin-path", &format!("/{}", "d".repeat(103))], "104 bytes long"),
             (&["--sysfs-root", &format!("/{}", "s".repeat(4095))], "PATH_MAX"),
+            (&["--afu-resource", "example.com/gzip"], "must be NAME=AFU_ID"),
+            (&["--afu-resource", "gzip=d8424dc4a4a3c413f89e433683f9040b"], "the resource name \"gzip\""),
+            (&["--afu-resource", "example.com/gzip=d8424dc4"], "not an AFU ID"),
+            (&["--afu-resource", "example.com/none=ffffffff-ffffffffffffffffffffffff"], "no AFU is loaded"),
+            (
+                &[
+                    "--afu-resource",
+                    "example.com/a=d8424dc4a4a3c413f89e433683f9040b",
+                    "--afu-resource",
+                    "example.com/b=D8424DC4-A4A3-C413-F89E-433683F9040B",
+                ],
+                "already given to example.com/a",
+            ),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.0.contains(needle), "{args:?}: {e}");

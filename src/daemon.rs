@@ -1,16 +1,19 @@
-//! The daemon: wires discovery, the registry, the registration thread and the event loop together.
+//! The daemon: wires discovery, routing, the registries, the registration thread and the event loop
+//! together. Data flows one way: sysfs → discovery → routing → one registry per resource → its server.
 //!
 //! Threads: this one (the event loop: filesystem events, signals, periodic rescans), the registration thread
-//! (`lifecycle`), one per ListAndWatch stream, and grpcio's (one completion queue plus gRPC core's pool).
+//! (`lifecycle`, for every resource), one per ListAndWatch stream, and grpcio's (one completion queue plus
+//! gRPC core's pool).
 
 use crate::control::Control;
 use crate::discovery::{self, Backend, Roots};
-use crate::lifecycle::{self, Event};
+use crate::lifecycle::{self, Event, Resource};
 use crate::registry::{self, Registry, SharedRegistry};
+use crate::routing::Routes;
 use crate::watch::{self, Inotify};
 use crate::{api, endpoint};
 use crossbeam_channel::Sender;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +23,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub backend: Backend,
-    pub resource_name: String,
+    /// Which resource each device goes to: `--resource-name` and `--afu-resource`.
+    pub routes: Routes,
     pub device_plugin_path: PathBuf,
     pub roots: Roots,
     pub scan_interval: Duration,
@@ -28,8 +32,9 @@ pub struct Settings {
 
 #[derive(Debug)]
 pub enum Error {
-    /// The device-plugins directory leaves no room for a socket name: a configuration that can never work.
-    Config(endpoint::DirTooLong),
+    /// A configuration that can never work: the device-plugins directory leaves no room for a socket name,
+    /// or two resources would share one.
+    Config(String),
     Setup(&'static str, std::io::Error),
 }
 
@@ -44,37 +49,42 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Runs until `control` asks to stop; then stops serving, removes our socket and returns. While another
-/// instance serves the same socket, it waits for that one to stop (see `instance`).
+/// Runs until `control` asks to stop; then stops serving, removes our sockets and returns. While another
+/// instance serves one of our sockets, that resource waits for it to stop (see `instance`).
 pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
-    let socket_name =
-        endpoint::socket_name(&settings.device_plugin_path, &settings.resource_name).map_err(Error::Config)?;
+    let dir = &settings.device_plugin_path;
+    let mut sockets: BTreeMap<String, String> = BTreeMap::new();
+    for resource in settings.routes.fixed() {
+        let name = endpoint::socket_name(dir, &resource).map_err(|e| Error::Config(e.to_string()))?;
+        if let Some((other, _)) = sockets.iter().find(|(_, n)| **n == name) {
+            return Err(Error::Config(format!("{resource} and {other} would share the socket {name}")));
+        }
+        sockets.insert(resource, name);
+    }
 
-    let registry = Registry::shared();
     let mut scanner = Scanner {
         backend: settings.backend,
         roots: settings.roots.clone(),
-        registry: Arc::clone(&registry),
+        routes: settings.routes.clone(),
+        dir: dir.clone(),
+        known: settings.routes.fixed(),
+        registries: BTreeMap::new(),
+        placed: HashMap::new(),
         reported: HashSet::new(),
+        events: None,
     };
     scanner.scan();
 
     // One completion queue is plenty for a handful of calls per pod start; each extra one is a thread.
     let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("grpc").build());
-    let (events, lifecycle) = lifecycle::spawn(
-        env,
-        lifecycle::Settings {
-            dir: settings.device_plugin_path.clone(),
-            resource_name: settings.resource_name.clone(),
-            socket_name: socket_name.clone(),
-        },
-        Arc::clone(&registry),
-    )
-    .map_err(|e| Error::Setup("start the registration thread", e))?;
+    let resources = scanner.resources();
+    let (events, lifecycle) =
+        lifecycle::spawn(env, dir.clone(), resources).map_err(|e| Error::Setup("start the registration thread", e))?;
+    scanner.events = Some(events.clone());
 
     let inotify = Inotify::new().map_err(|e| Error::Setup("create an inotify instance", e))?;
     let mut watches = Watches::default();
-    let result = event_loop(&settings, &socket_name, &control, &inotify, &mut watches, &mut scanner, &events);
+    let result = event_loop(&settings, &control, &inotify, &mut watches, &mut scanner, &events);
 
     let _ = events.send(Event::Shutdown);
     let _ = lifecycle.join();
@@ -135,7 +145,6 @@ impl Watches {
 
 fn event_loop(
     settings: &Settings,
-    own_socket: &str,
     control: &Control,
     inotify: &Inotify,
     watches: &mut Watches,
@@ -193,8 +202,8 @@ fn event_loop(
             if watches.plugins.is(event.wd) {
                 if appeared && event.name == api::KUBELET_SOCKET {
                     let _ = events.send(Event::KubeletSocketCreated);
-                } else if vanished && event.name == own_socket {
-                    let _ = events.send(Event::OwnSocketDeleted);
+                } else if vanished && endpoint::is_ours(&event.name) {
+                    let _ = events.send(Event::SocketDeleted(event.name));
                 }
             } else if watches.dev.is(event.wd) && discovery::is_device_node_name(&event.name) {
                 log::debug!("{}/{} changed", settings.roots.dev.display(), event.name);
@@ -214,61 +223,127 @@ fn event_loop(
     }
 }
 
-/// Runs discovery and publishes the result, logging what changed and each new problem once.
+/// Runs discovery, routes the devices to their resources and publishes each resource's list, logging what
+/// changed and each new problem once.
 struct Scanner {
     backend: Backend,
     roots: Roots,
-    registry: SharedRegistry,
+    routes: Routes,
+    dir: PathBuf,
+    /// Every resource served so far: the fixed ones, and the auto ones of every AFU seen.
+    known: BTreeSet<String>,
+    registries: BTreeMap<String, SharedRegistry>,
+    /// The resource of each device ID at the last scan, to log a port that moves.
+    placed: HashMap<String, String>,
     /// Problems already logged; one that goes away and comes back is logged again.
     reported: HashSet<String>,
+    /// Where to announce a new resource, once the registration thread runs.
+    events: Option<Sender<Event>>,
 }
 
 impl Scanner {
+    /// Every resource with its socket name and registry, for the registration thread.
+    fn resources(&self) -> Vec<Resource> {
+        self.registries.iter().filter_map(|(name, registry)| self.resource(name, registry)).collect()
+    }
+
+    fn resource(&self, name: &str, registry: &SharedRegistry) -> Option<Resource> {
+        match endpoint::socket_name(&self.dir, name) {
+            Ok(socket_name) => Some(Resource { name: name.to_string(), socket_name, registry: Arc::clone(registry) }),
+            Err(e) => {
+                log::error!("cannot serve {name}: {e}");
+                None
+            }
+        }
+    }
+
     fn scan(&mut self) {
         let scan = discovery::scan(self.backend, &self.roots);
         let mut problems: HashSet<String> = scan.problems.into_iter().collect();
-        let ids: Vec<&str> = scan.devices.iter().map(|d| d.id.as_str()).collect();
-        if let Some(most) = crate::allocation::most_units_per_container(&ids) {
-            problems.insert(format!(
-                "{} devices are advertised, but a container can be given at most {most} of them: more would make its \
-                 {} longer than the {} bytes Linux passes to a program, and Allocate refuses that",
-                ids.len(),
-                crate::allocation::ENV_UNITS,
-                crate::allocation::MAX_ENV_STRING
-            ));
+        let routed = self.routes.route(scan.devices, &mut self.known);
+        let single = routed.len() == 1;
+        for (resource, devices) in &routed {
+            let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+            if let Some(most) = crate::allocation::most_units_per_container(&ids) {
+                problems.insert(format!(
+                    "{} devices of {resource} are advertised, but a container can be given at most {most} of them: \
+                     more would make its {} longer than the {} bytes Linux passes to a program, and Allocate refuses \
+                     that",
+                    ids.len(),
+                    crate::allocation::ENV_UNITS,
+                    crate::allocation::MAX_ENV_STRING
+                ));
+            }
         }
         for p in problems.difference(&self.reported) {
             log::warn!("{p}");
         }
         self.reported = problems;
-        let count = scan.devices.len();
-        let changes = registry::publish(&self.registry, scan.devices);
-        if changes.is_empty() {
-            return;
-        }
-        // A long list (the aws backend) is summarised rather than logged device by device.
-        if changes.added.len() > 16 {
-            log::info!("{} devices appeared", changes.added.len());
-        } else {
-            for d in &changes.added {
-                let numa = d.numa_node.map(|n| format!(", NUMA node {n}")).unwrap_or_default();
-                match &d.health {
-                    crate::device::Health::Unhealthy(why) => {
-                        log::warn!("device {} appeared, Unhealthy: {why}{numa}", d.id)
-                    }
-                    _ => log::info!("device {} appeared, Healthy{numa}", d.id),
+
+        // A port whose AFU changed leaves one resource and joins another: one line, not vanished + appeared.
+        let mut placed = HashMap::new();
+        let mut moved = HashSet::new();
+        for (resource, devices) in &routed {
+            for d in devices {
+                if let Some(old) = self.placed.get(&d.id).filter(|old| *old != resource) {
+                    let afu = d.afu_id.as_deref().unwrap_or("none");
+                    log::info!("port {} moved from {old} to {resource} (its AFU is now {afu})", d.id);
+                    moved.insert(d.id.clone());
                 }
+                placed.insert(d.id.clone(), resource.clone());
             }
         }
-        for id in &changes.removed {
-            log::info!("device {id} vanished");
+        self.placed = placed;
+
+        for (resource, devices) in routed {
+            let registry = match self.registries.get(&resource) {
+                Some(registry) => Arc::clone(registry),
+                None => {
+                    let registry = Registry::shared();
+                    self.registries.insert(resource.clone(), Arc::clone(&registry));
+                    if let Some(events) = &self.events {
+                        if let Some(r) = self.resource(&resource, &registry) {
+                            log::info!("AFU resource {resource} appeared");
+                            let _ = events.send(Event::Serve(r));
+                        }
+                    }
+                    registry
+                }
+            };
+            let count = devices.len();
+            let changes = registry::publish(&registry, devices);
+            if !changes.is_empty() {
+                let of = if single { String::new() } else { format!(" of {resource}") };
+                log_changes(&changes, &moved, &of);
+                log::info!("advertising {count} devices{of}");
+            }
         }
-        for d in &changes.health {
+    }
+}
+
+/// Logs a registry update: `of` names the resource when there are several (empty otherwise).
+fn log_changes(changes: &registry::Changes, moved: &HashSet<String>, of: &str) {
+    // A long list (the aws backend) is summarised rather than logged device by device.
+    if changes.added.len() > 16 {
+        log::info!("{} devices appeared{of}", changes.added.len());
+    } else {
+        for d in changes.added.iter().filter(|d| !moved.contains(&d.id)) {
+            let numa = d.numa_node.map(|n| format!(", NUMA node {n}")).unwrap_or_default();
             match &d.health {
-                crate::device::Health::Unhealthy(why) => log::warn!("device {} is now Unhealthy: {why}", d.id),
-                _ => log::info!("device {} is Healthy again", d.id),
+                crate::device::Health::Unhealthy(why) => {
+                    log::warn!("device {}{of} appeared, Unhealthy: {why}{numa}", d.id)
+                }
+                _ => log::info!("device {}{of} appeared, Healthy{numa}", d.id),
             }
         }
-        log::info!("advertising {count} devices");
+    }
+    for id in changes.removed.iter().filter(|id| !moved.contains(*id)) {
+        log::info!("device {id}{of} vanished");
+    }
+    for d in &changes.health {
+        match &d.health {
+            crate::device::Health::Unhealthy(why) => log::warn!("device {}{of} is now Unhealthy: {why}", d.id),
+            _ => log::info!("device {}{of} is Healthy again", d.id),
+        }
     }
 }

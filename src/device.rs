@@ -10,6 +10,10 @@ pub struct Device {
     pub numa_node: Option<i64>,
     /// The character device handed to a container that is allocated this device.
     pub node: Option<DevNode>,
+    /// The accelerator function loaded in an Intel port: its `afu_id` attribute in canonical form (32
+    /// lowercase hex digits, see `sysfs::parse_afu_id`). None for AWS units, for a blank AFU (all `f`) and
+    /// when it could not be read.
+    pub afu_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

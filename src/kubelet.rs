@@ -1,6 +1,6 @@
 //! The kubelet side of registration: the Register call, and the clean-up of our sockets left by earlier runs.
 
-use crate::{api, endpoint, instance, server};
+use crate::{api, endpoint, instance};
 use futures_util::FutureExt;
 use grpcio::{CallOption, ClientUnaryReceiver, Environment};
 use std::os::unix::fs::FileTypeExt;
@@ -17,7 +17,7 @@ pub fn register_request(resource_name: &str, endpoint: &str) -> api::RegisterReq
     req.version = api::VERSION.to_string();
     req.endpoint = endpoint.to_string();
     req.resource_name = resource_name.to_string();
-    req.options = Some(server::options()).into();
+    req.options = Some(api::options()).into();
     req
 }
 

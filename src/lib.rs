@@ -34,6 +34,8 @@ pub mod probe;
 #[cfg(feature = "grpc")]
 pub mod registry;
 #[cfg(feature = "grpc")]
+pub mod routing;
+#[cfg(feature = "grpc")]
 pub mod server;
 #[cfg(feature = "grpc")]
 pub mod sim;

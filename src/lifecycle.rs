@@ -1,10 +1,12 @@
-//! The registration thread: keeps our server socket alive and the kubelet aware of it.
+//! The registration thread: keeps our sockets alive and the kubelet aware of them, one endpoint per
+//! resource.
 //!
-//! It claims our socket (waiting while another instance owns it, see `instance`), then (re)starts the server
-//! on a fresh socket and registers whenever the kubelet comes back (`kubelet.sock` recreated), our socket is
-//! deleted, a kubelet that stays up drops the last ListAndWatch stream, or SIGHUP asks for it. Register
-//! calls run asynchronously, so this thread never blocks on a kubelet that does not answer and always
-//! handles shutdown at once; a Register that a restart supersedes is cancelled.
+//! For each resource it claims the socket (waiting while another instance owns it, see `instance`), then
+//! (re)starts the server on a fresh socket and registers whenever the kubelet comes back (`kubelet.sock`
+//! recreated: every resource), the resource's socket is deleted, a kubelet that stays up drops the
+//! resource's last ListAndWatch stream, or SIGHUP asks for it (every resource). Register calls run
+//! asynchronously, so this thread never blocks on a kubelet that does not answer and always handles shutdown
+//! at once; a Register that a restart supersedes is cancelled.
 
 use crate::api;
 use crate::instance::{self, Claim, Ownership};
@@ -13,6 +15,7 @@ use crate::registry::SharedRegistry;
 use crate::server::PluginServer;
 use crossbeam_channel::{at, never, select, unbounded, Receiver, Sender};
 use grpcio::Environment;
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,17 +26,35 @@ use std::time::{Duration, Instant};
 pub enum Event {
     /// `kubelet.sock` was created: a kubelet (re)started.
     KubeletSocketCreated,
-    /// A file with our socket's name was deleted.
-    OwnSocketDeleted,
-    /// The kubelet closed the last ListAndWatch stream of the server of this generation.
+    /// A file with one of our socket names (`endpoint::is_ours`) was deleted.
+    SocketDeleted(String),
+    /// The kubelet closed the last ListAndWatch stream of the resource's server of this generation.
     StreamsGone {
+        resource: String,
         generation: u64,
     },
+    /// A resource to serve from now on (the auto resource of an AFU that appeared).
+    Serve(Resource),
     /// SIGHUP.
     Reregister,
     /// Periodic check, in case a filesystem event was missed.
     Tick,
     Shutdown,
+}
+
+/// A resource to serve: its name, its socket's file name in the device-plugins directory (see
+/// `endpoint::socket_name`) and its registry.
+#[derive(Clone)]
+pub struct Resource {
+    pub name: String,
+    pub socket_name: String,
+    pub registry: SharedRegistry,
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resource({}, {})", self.name, self.socket_name)
+    }
 }
 
 /// A kubelet restart is a burst of events (streams cut, sockets deleted, kubelet.sock created): they are
@@ -49,13 +70,6 @@ const STREAMS_GONE_SETTLE: Duration = Duration::from_millis(100);
 /// Backoff between failed attempts while the kubelet is absent or refuses us.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(5);
-
-pub struct Settings {
-    pub dir: PathBuf,
-    pub resource_name: String,
-    /// Our socket's file name in `dir` (see `endpoint::socket_name`).
-    pub socket_name: String,
-}
 
 /// A restart asked for, done when the burst of events has settled.
 struct PendingRestart {
@@ -78,16 +92,35 @@ enum Condition {
     KubeletNotDialed,
 }
 
-struct Lifecycle {
+/// Which file is at a path: device, inode and change time. The time tells a new file from an old one that
+/// happens to get the same inode number back (tmpfs and ext4 reuse them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId(u64, u64, i64, i64);
+
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| FileId(m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// What every endpoint shares: the gRPC environment, the directory, and the channels back to this thread.
+struct Ctx {
     env: Arc<Environment>,
-    settings: Settings,
-    registry: SharedRegistry,
+    dir: PathBuf,
     events_tx: Sender<Event>,
-    results_tx: Sender<(u64, Result<(), grpcio::Error>)>,
+    /// (resource, attempt, outcome) of each Register.
+    results_tx: Sender<(String, u64, Result<(), grpcio::Error>)>,
+    /// (resource, ownership) from the threads that wait for another instance to stop.
+    owned_tx: Sender<(String, std::io::Result<Ownership>)>,
+}
+
+/// One resource's socket, server and registration state.
+struct Endpoint {
+    resource: String,
+    socket_name: String,
+    registry: SharedRegistry,
     /// The lock that makes the socket ours (see `instance`); None until we own it.
     owner: Option<Ownership>,
-    /// While another instance owns the socket: where the waiting thread reports that we own it now.
-    waiting: Option<Receiver<std::io::Result<Ownership>>>,
+    /// Whether a thread waits for another instance to release the socket.
+    waiting: bool,
     server: Option<PluginServer>,
     /// Bumped on every server start; events from older servers are ignored.
     generation: u64,
@@ -107,130 +140,207 @@ struct Lifecycle {
     registered_with: Option<FileId>,
 }
 
-/// Which file is at a path: device, inode and change time. The time tells a new file from an old one that
-/// happens to get the same inode number back (tmpfs and ext4 reuse them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileId(u64, u64, i64, i64);
-
-fn file_id(path: &std::path::Path) -> Option<FileId> {
-    std::fs::metadata(path).ok().map(|m| FileId(m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+struct Lifecycle {
+    ctx: Ctx,
+    endpoints: BTreeMap<String, Endpoint>,
 }
 
-/// Starts the thread. It stops serving, removes its socket and returns on `Event::Shutdown` (or when every
-/// sender is gone).
+/// Starts the thread, serving `resources` (more can come with `Event::Serve`). It stops serving, removes the
+/// sockets and returns on `Event::Shutdown` (or when every sender is gone).
 pub fn spawn(
     env: Arc<Environment>,
-    settings: Settings,
-    registry: SharedRegistry,
+    dir: PathBuf,
+    resources: Vec<Resource>,
 ) -> std::io::Result<(Sender<Event>, std::thread::JoinHandle<()>)> {
     let (events_tx, events) = unbounded();
     let (results_tx, results) = unbounded();
-    let lifecycle = Lifecycle {
-        env,
-        settings,
-        registry,
-        events_tx: events_tx.clone(),
-        results_tx,
-        owner: None,
-        waiting: None,
-        server: None,
-        generation: 0,
-        attempt: 0,
-        pending: None,
-        retry_in: FIRST_RETRY,
-        retry_at: None,
-        restart_at: None,
-        failures: 0,
-        dialed: None,
-        registered_with: None,
+    let (owned_tx, owned) = unbounded();
+    let mut lifecycle = Lifecycle {
+        ctx: Ctx { env, dir, events_tx: events_tx.clone(), results_tx, owned_tx },
+        endpoints: BTreeMap::new(),
     };
+    for resource in resources {
+        lifecycle.endpoints.insert(resource.name.clone(), Endpoint::new(resource));
+    }
     let handle =
-        std::thread::Builder::new().name("registration".into()).spawn(move || lifecycle.run(events, results))?;
+        std::thread::Builder::new().name("registration".into()).spawn(move || lifecycle.run(events, results, owned))?;
     Ok((events_tx, handle))
 }
 
 impl Lifecycle {
-    fn socket(&self) -> PathBuf {
-        self.settings.dir.join(&self.settings.socket_name)
-    }
-
-    fn kubelet_socket(&self) -> PathBuf {
-        self.settings.dir.join(api::KUBELET_SOCKET)
-    }
-
-    fn run(mut self, events: Receiver<Event>, results: Receiver<(u64, Result<(), grpcio::Error>)>) {
-        self.restart("starting");
+    fn run(
+        mut self,
+        events: Receiver<Event>,
+        results: Receiver<(String, u64, Result<(), grpcio::Error>)>,
+        owned: Receiver<(String, std::io::Result<Ownership>)>,
+    ) {
+        let Lifecycle { ctx, endpoints } = &mut self;
+        for endpoint in endpoints.values_mut() {
+            endpoint.restart(ctx, "starting");
+        }
         loop {
-            let timer = self.retry_at.map(at).unwrap_or_else(never);
-            let settled = self.restart_at.as_ref().map(|r| at(r.at)).unwrap_or_else(never);
-            let owned = self.waiting.clone().unwrap_or_else(never);
+            let next = endpoints.values().filter_map(Endpoint::deadline).min();
+            let timer = next.map(at).unwrap_or_else(never);
             select! {
                 recv(events) -> event => match event {
                     Ok(Event::Shutdown) | Err(_) => break,
-                    Ok(event) => self.handle(event),
+                    Ok(event) => Self::handle(ctx, endpoints, event),
                 },
                 recv(results) -> result => {
-                    if let Ok((attempt, result)) = result {
-                        self.registered(attempt, result);
+                    if let Ok((resource, attempt, result)) = result {
+                        if let Some(endpoint) = endpoints.get_mut(&resource) {
+                            endpoint.registered(ctx, attempt, result);
+                        }
                     }
                 },
-                recv(settled) -> _ => self.settled(),
+                recv(owned) -> owned => {
+                    if let Ok((resource, owned)) = owned {
+                        if let Some(endpoint) = endpoints.get_mut(&resource) {
+                            endpoint.took_over(ctx, owned);
+                        }
+                    }
+                },
                 recv(timer) -> _ => {
-                    self.retry_at = None;
-                    if self.server.is_some() {
-                        self.register();
-                    } else {
-                        self.restart("retrying");
+                    let now = Instant::now();
+                    for endpoint in endpoints.values_mut() {
+                        endpoint.on_time(ctx, now);
                     }
                 },
-                recv(owned) -> owned => self.took_over(owned.unwrap_or_else(|_| {
-                    Err(std::io::Error::other("the thread waiting for the other instance ended"))
-                })),
             }
         }
+        for endpoint in std::mem::take(endpoints).into_values() {
+            endpoint.shut_down(ctx);
+        }
+    }
+
+    fn handle(ctx: &Ctx, endpoints: &mut BTreeMap<String, Endpoint>, event: Event) {
+        match event {
+            Event::KubeletSocketCreated => {
+                for endpoint in endpoints.values_mut() {
+                    endpoint.schedule_restart(
+                        "kubelet.sock was created: the kubelet restarted",
+                        Condition::KubeletNotDialed,
+                    );
+                }
+            }
+            Event::SocketDeleted(name) => {
+                // Our own restarts delete the old socket too; only a socket that is really gone matters.
+                if let Some(endpoint) = endpoints.values_mut().find(|e| e.socket_name == name) {
+                    if !endpoint.server.as_ref().is_some_and(PluginServer::socket_intact) {
+                        endpoint.schedule_restart("our socket was deleted", Condition::Always);
+                    }
+                }
+            }
+            Event::StreamsGone { resource, generation } => {
+                if let Some(endpoint) = endpoints.get_mut(&resource).filter(|e| e.generation == generation) {
+                    endpoint
+                        .schedule_restart("the kubelet closed its last ListAndWatch stream", Condition::KubeletStayed);
+                }
+            }
+            Event::Serve(resource) => {
+                if endpoints.contains_key(&resource.name) {
+                    return;
+                }
+                if let Some(other) = endpoints.values().find(|e| e.socket_name == resource.socket_name) {
+                    log::error!(
+                        "cannot serve {}: its socket name {} is the one of {} (a hash collision)",
+                        resource.name,
+                        resource.socket_name,
+                        other.resource
+                    );
+                    return;
+                }
+                let name = resource.name.clone();
+                let endpoint = endpoints.entry(name).or_insert_with(|| Endpoint::new(resource));
+                endpoint.restart(ctx, "a new resource");
+            }
+            Event::Reregister => {
+                for endpoint in endpoints.values_mut() {
+                    endpoint.schedule_restart("SIGHUP", Condition::Always);
+                }
+            }
+            Event::Tick => {
+                for endpoint in endpoints.values_mut() {
+                    endpoint.check(ctx);
+                }
+            }
+            Event::Shutdown => {}
+        }
+    }
+}
+
+impl Endpoint {
+    fn new(resource: Resource) -> Endpoint {
+        Endpoint {
+            resource: resource.name,
+            socket_name: resource.socket_name,
+            registry: resource.registry,
+            owner: None,
+            waiting: false,
+            server: None,
+            generation: 0,
+            attempt: 0,
+            pending: None,
+            retry_in: FIRST_RETRY,
+            retry_at: None,
+            restart_at: None,
+            failures: 0,
+            dialed: None,
+            registered_with: None,
+        }
+    }
+
+    fn socket(&self, ctx: &Ctx) -> PathBuf {
+        ctx.dir.join(&self.socket_name)
+    }
+
+    fn kubelet_socket(ctx: &Ctx) -> PathBuf {
+        ctx.dir.join(api::KUBELET_SOCKET)
+    }
+
+    /// The earliest time this endpoint has something to do.
+    fn deadline(&self) -> Option<Instant> {
+        [self.retry_at, self.restart_at.as_ref().map(|r| r.at)].into_iter().flatten().min()
+    }
+
+    /// Does what is due at `now`: a settled restart, a retry.
+    fn on_time(&mut self, ctx: &Ctx, now: Instant) {
+        if self.restart_at.as_ref().is_some_and(|r| r.at <= now) {
+            self.settled(ctx);
+        }
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            if self.server.is_some() {
+                self.register(ctx);
+            } else {
+                self.restart(ctx, "retrying");
+            }
+        }
+    }
+
+    /// Stops serving; only then, with the socket gone, may a waiting instance take over.
+    fn shut_down(mut self, ctx: &Ctx) {
         if let Some(pending) = self.pending.take() {
             pending.cancel();
         }
         if let Some(server) = self.server.take() {
             server.stop();
-            log::info!("stopped serving on {}", self.socket().display());
+            log::info!("stopped serving {} on {}", self.resource, self.socket(ctx).display());
         }
-        // Only now, with the socket gone, may a waiting instance take over.
         drop(self.owner.take());
     }
 
-    fn handle(&mut self, event: Event) {
-        match event {
-            Event::KubeletSocketCreated => {
-                self.schedule_restart("kubelet.sock was created: the kubelet restarted", Condition::KubeletNotDialed)
-            }
-            Event::OwnSocketDeleted => {
-                // Our own restarts delete the old socket too; only a socket that is really gone matters.
-                if !self.server.as_ref().is_some_and(PluginServer::socket_intact) {
-                    self.schedule_restart("our socket was deleted", Condition::Always);
-                }
-            }
-            Event::StreamsGone { generation } if generation == self.generation => {
-                self.schedule_restart("the kubelet closed its last ListAndWatch stream", Condition::KubeletStayed)
-            }
-            Event::StreamsGone { .. } => {}
-            Event::Reregister => self.schedule_restart("SIGHUP", Condition::Always),
-            Event::Tick => self.check(),
-            Event::Shutdown => {}
-        }
-    }
-
     /// The fallback for missed filesystem events: compare what is on disk with what we registered.
-    fn check(&mut self) {
+    fn check(&mut self, ctx: &Ctx) {
         if self.owner.as_ref().is_some_and(|o| !o.intact()) {
-            self.replace_lock();
+            self.replace_lock(ctx);
         }
         if let Some(server) = &self.server {
             if !server.socket_intact() {
                 return self.schedule_restart("our socket is gone", Condition::Always);
             }
         }
-        if let (Some(registered), Some(now)) = (self.registered_with, file_id(&self.kubelet_socket())) {
+        if let (Some(registered), Some(now)) = (self.registered_with, file_id(&Self::kubelet_socket(ctx))) {
             if now != registered {
                 self.schedule_restart("kubelet.sock was replaced: the kubelet restarted", Condition::Always);
             }
@@ -239,9 +349,9 @@ impl Lifecycle {
 
     /// Our lock file was removed (by hand: nothing of ours or the kubelet's removes it), so a new instance
     /// could lock a new one. Lock a new one ourselves while we keep serving; only then let the old one go.
-    fn replace_lock(&mut self) {
-        let socket = self.socket();
-        match instance::relock(&self.settings.dir, &self.settings.socket_name) {
+    fn replace_lock(&mut self, ctx: &Ctx) {
+        let socket = self.socket(ctx);
+        match instance::relock(&ctx.dir, &self.socket_name) {
             Ok(Some(owner)) => {
                 log::warn!(
                     "the lock file of {} was removed; locked a new one at {}",
@@ -266,13 +376,13 @@ impl Lifecycle {
         pending.reasons.push((why, condition));
     }
 
-    fn settled(&mut self) {
+    fn settled(&mut self, ctx: &Ctx) {
         let Some(pending) = self.restart_at.take() else { return };
-        if let Some((why, _)) = pending.reasons.iter().find(|(_, condition)| self.holds(*condition)) {
-            return self.restart(why);
+        if let Some((why, _)) = pending.reasons.iter().find(|(_, condition)| self.holds(ctx, *condition)) {
+            return self.restart(ctx, why);
         }
         let whys: Vec<&str> = pending.reasons.iter().map(|(why, _)| *why).collect();
-        if self.dialed_current_kubelet() {
+        if self.dialed_current_kubelet(ctx) {
             log::debug!("{}; the kubelet already has our latest Register", whys.join("; "));
         } else {
             // The kubelet went away: forget it, so that whatever comes back is new to us.
@@ -281,35 +391,35 @@ impl Lifecycle {
             log::info!(
                 "{}; the kubelet at {} is gone: registering again when it is back",
                 whys.join("; "),
-                self.kubelet_socket().display()
+                Self::kubelet_socket(ctx).display()
             );
         }
     }
 
-    fn holds(&self, condition: Condition) -> bool {
+    fn holds(&self, ctx: &Ctx, condition: Condition) -> bool {
         match condition {
             Condition::Always => true,
-            Condition::KubeletStayed => self.kubelet_stayed(),
-            Condition::KubeletNotDialed => !self.dialed_current_kubelet(),
+            Condition::KubeletStayed => self.kubelet_stayed(ctx),
+            Condition::KubeletNotDialed => !self.dialed_current_kubelet(ctx),
         }
     }
 
     /// Whether the kubelet we registered with still answers at the same `kubelet.sock`.
-    fn kubelet_stayed(&self) -> bool {
-        let socket = self.kubelet_socket();
+    fn kubelet_stayed(&self, ctx: &Ctx) -> bool {
+        let socket = Self::kubelet_socket(ctx);
         self.registered_with.is_some() && file_id(&socket) == self.registered_with && crate::endpoint::is_live(&socket)
     }
 
     /// Whether our server runs and our latest Register went to the `kubelet.sock` that is there now.
-    fn dialed_current_kubelet(&self) -> bool {
-        self.server.is_some() && self.dialed.is_some() && file_id(&self.kubelet_socket()) == self.dialed
+    fn dialed_current_kubelet(&self, ctx: &Ctx) -> bool {
+        self.server.is_some() && self.dialed.is_some() && file_id(&Self::kubelet_socket(ctx)) == self.dialed
     }
 
     /// Serves on a fresh socket, then registers (the kubelet dials us during Register). Claims the socket
     /// first if it is not ours yet.
-    fn restart(&mut self, why: &str) {
+    fn restart(&mut self, ctx: &Ctx, why: &str) {
         self.restart_at = None;
-        if self.waiting.is_some() {
+        if self.waiting {
             return; // another instance serves: nothing to restart until it stops
         }
         if let Some(pending) = self.pending.take() {
@@ -320,25 +430,26 @@ impl Lifecycle {
         }
         self.registered_with = None;
         self.dialed = None;
-        if self.owner.is_none() && !self.claim() {
+        if self.owner.is_none() && !self.claim(ctx) {
             return;
         }
         self.generation += 1;
-        let socket = self.socket();
+        let socket = self.socket(ctx);
         // While attempts keep failing, they are logged at debug like their failures.
         let level = if self.failures == 0 { log::Level::Info } else { log::Level::Debug };
-        log::log!(level, "serving {} on {} ({why})", self.settings.resource_name, socket.display());
+        log::log!(level, "serving {} on {} ({why})", self.resource, socket.display());
         match PluginServer::start(
-            Arc::clone(&self.env),
+            Arc::clone(&ctx.env),
             &socket,
             Arc::clone(&self.registry),
-            self.events_tx.clone(),
+            streams_gone(ctx, &self.resource),
+            &self.resource,
             self.generation,
         ) {
             Ok(server) => {
                 self.server = Some(server);
                 self.retry_in = FIRST_RETRY;
-                self.register();
+                self.register(ctx);
             }
             Err(e) => {
                 self.failed(log::Level::Warn, format_args!("cannot serve on {}: {e}", socket.display()));
@@ -347,13 +458,13 @@ impl Lifecycle {
     }
 
     /// Takes ownership of our socket, or starts waiting for the instance that has it. True if ours.
-    fn claim(&mut self) -> bool {
-        let socket = self.socket();
-        match instance::claim(&self.settings.dir, &self.settings.socket_name, &self.settings.resource_name) {
+    fn claim(&mut self, ctx: &Ctx) -> bool {
+        let socket = self.socket(ctx);
+        match instance::claim(&ctx.dir, &self.socket_name, &self.resource) {
             Ok(Claim::Owned(owner)) => {
                 log::debug!("own {} (lock {})", socket.display(), owner.path().display());
                 self.owner = Some(owner);
-                kubelet::remove_stale_sockets(&self.settings.dir, &self.settings.socket_name);
+                kubelet::remove_stale_sockets(&ctx.dir, &self.socket_name);
                 true
             }
             Ok(claim) => {
@@ -361,12 +472,8 @@ impl Lifecycle {
                     Claim::Answering => "a process that holds no lock (an older version of this plugin)",
                     _ => "another instance",
                 };
-                log::info!(
-                    "{who} serves {} on {}; waiting for it to stop",
-                    self.settings.resource_name,
-                    socket.display()
-                );
-                self.wait_for_owner();
+                log::info!("{who} serves {} on {}; waiting for it to stop", self.resource, socket.display());
+                self.wait_for_owner(ctx);
                 false
             }
             Err(e) => {
@@ -376,38 +483,38 @@ impl Lifecycle {
         }
     }
 
-    fn wait_for_owner(&mut self) {
-        let (tx, rx) = unbounded();
-        let (dir, name, resource) =
-            (self.settings.dir.clone(), self.settings.socket_name.clone(), self.settings.resource_name.clone());
+    fn wait_for_owner(&mut self, ctx: &Ctx) {
+        let tx = ctx.owned_tx.clone();
+        let (dir, name, resource) = (ctx.dir.clone(), self.socket_name.clone(), self.resource.clone());
         let spawned = std::thread::Builder::new().name("wait-for-owner".into()).spawn(move || {
-            let _ = tx.send(instance::wait(&dir, &name, &resource));
+            let owned = instance::wait(&dir, &name, &resource);
+            let _ = tx.send((resource, owned));
         });
         match spawned {
-            Ok(_) => self.waiting = Some(rx),
+            Ok(_) => self.waiting = true,
             Err(e) => {
                 self.failed(log::Level::Warn, format_args!("cannot start a thread to wait for the other instance: {e}"))
             }
         }
     }
 
-    fn took_over(&mut self, owned: std::io::Result<Ownership>) {
-        self.waiting = None;
+    fn took_over(&mut self, ctx: &Ctx, owned: std::io::Result<Ownership>) {
+        self.waiting = false;
         match owned {
             Ok(owner) => {
-                log::info!("the other instance has stopped: taking over {}", self.socket().display());
+                log::info!("the other instance has stopped: taking over {}", self.socket(ctx).display());
                 self.owner = Some(owner);
-                kubelet::remove_stale_sockets(&self.settings.dir, &self.settings.socket_name);
-                self.restart("took over from the other instance");
+                kubelet::remove_stale_sockets(&ctx.dir, &self.socket_name);
+                self.restart(ctx, "took over from the other instance");
             }
             Err(e) => {
-                let socket = self.socket();
+                let socket = self.socket(ctx);
                 self.failed(log::Level::Warn, format_args!("cannot serve on {}: {e}", socket.display()));
             }
         }
     }
 
-    fn register(&mut self) {
+    fn register(&mut self, ctx: &Ctx) {
         self.retry_at = None;
         if let Some(pending) = self.pending.take() {
             pending.cancel();
@@ -415,15 +522,16 @@ impl Lifecycle {
         self.attempt += 1;
         let attempt = self.attempt;
         // Before dialing: a kubelet.sock replaced in between is seen as new, so at worst registered twice.
-        self.dialed = file_id(&self.kubelet_socket());
-        let req = kubelet::register_request(&self.settings.resource_name, &self.settings.socket_name);
-        let results = self.results_tx.clone();
-        self.pending = kubelet::register_async(&self.env, &self.kubelet_socket(), &req, move |result| {
-            let _ = results.send((attempt, result));
+        self.dialed = file_id(&Self::kubelet_socket(ctx));
+        let req = kubelet::register_request(&self.resource, &self.socket_name);
+        let results = ctx.results_tx.clone();
+        let resource = self.resource.clone();
+        self.pending = kubelet::register_async(&ctx.env, &Self::kubelet_socket(ctx), &req, move |result| {
+            let _ = results.send((resource, attempt, result));
         });
     }
 
-    fn registered(&mut self, attempt: u64, result: Result<(), grpcio::Error>) {
+    fn registered(&mut self, ctx: &Ctx, attempt: u64, result: Result<(), grpcio::Error>) {
         if attempt != self.attempt {
             return;
         }
@@ -435,13 +543,13 @@ impl Lifecycle {
                 self.retry_in = FIRST_RETRY;
                 log::info!(
                     "registered {} with the kubelet at {} (endpoint {})",
-                    self.settings.resource_name,
-                    self.kubelet_socket().display(),
-                    self.settings.socket_name
+                    self.resource,
+                    Self::kubelet_socket(ctx).display(),
+                    self.socket_name
                 );
             }
             Err(e) => {
-                let kubelet = self.kubelet_socket();
+                let kubelet = Self::kubelet_socket(ctx);
                 let why = describe(&e, &kubelet);
                 self.failed(
                     log::Level::Info,
@@ -466,6 +574,14 @@ impl Lifecycle {
         self.retry_at = Some(Instant::now() + self.retry_in);
         self.retry_in = (self.retry_in * 2).min(MAX_RETRY);
     }
+}
+
+/// The server's callback for a closed last stream: an event for this thread.
+fn streams_gone(ctx: &Ctx, resource: &str) -> crate::server::StreamsGone {
+    let (events, resource) = (ctx.events_tx.clone(), resource.to_string());
+    Arc::new(move |generation| {
+        let _ = events.send(Event::StreamsGone { resource: resource.clone(), generation });
+    })
 }
 
 /// Why a Register failed, in our words where gRPC's are about its internals ("failed to connect to all

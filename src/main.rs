@@ -1,6 +1,7 @@
 use k8s_accelerator_devplugin::cli::{self, BackendChoice, Command};
 use k8s_accelerator_devplugin::daemon::{self, Settings};
 use k8s_accelerator_devplugin::discovery::{Backend, Roots};
+use k8s_accelerator_devplugin::routing::Routes;
 use k8s_accelerator_devplugin::{control, logging, probe};
 use std::process::ExitCode;
 
@@ -71,16 +72,29 @@ fn main() -> ExitCode {
             detected
         }
     };
+    let afu = !options.afu_resources.is_empty() || options.afu_auto;
+    if afu && backend != Backend::Intel {
+        // AFU IDs are read from Intel FPGA ports: with AWS units this can never route anything.
+        eprintln!(
+            "k8s-accelerator-devplugin: --afu-resource needs the intel backend, and the backend is {}",
+            backend.name()
+        );
+        return ExitCode::from(2);
+    }
+    let routes = Routes::new(&options.resource_name, &options.afu_resources, options.afu_auto);
+    let afu_routes: Vec<String> = routes.by_afu.iter().map(|(id, name)| format!("{name}={id}")).collect();
     log::info!(
-        "k8s-accelerator-devplugin {} starting: resource {}, backend {}, device-plugins directory {}",
+        "k8s-accelerator-devplugin {} starting: resource {}{}{}, backend {}, device-plugins directory {}",
         env!("CARGO_PKG_VERSION"),
         options.resource_name,
+        if afu_routes.is_empty() { String::new() } else { format!(", AFU resources {}", afu_routes.join(" ")) },
+        if options.afu_auto { ", other AFUs under their own resource" } else { "" },
         backend.name(),
         options.device_plugin_path.display()
     );
     let settings = Settings {
         backend,
-        resource_name: options.resource_name,
+        routes,
         device_plugin_path: options.device_plugin_path,
         roots: Roots { sysfs: options.sysfs_root, dev: options.dev_root },
         scan_interval: options.scan_interval,

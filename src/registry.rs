@@ -172,7 +172,7 @@ mod tests {
     use super::*;
 
     fn dev(id: &str, health: Health, numa: Option<i64>) -> Device {
-        Device { id: id.into(), health, numa_node: numa, node: None }
+        Device { id: id.into(), health, numa_node: numa, node: None, afu_id: None }
     }
 
     #[test]

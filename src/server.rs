@@ -5,7 +5,6 @@
 
 use crate::allocation::{self, InvalidRequest};
 use crate::api;
-use crate::lifecycle::Event;
 use crate::registry::{self, SharedRegistry};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use futures_executor::block_on;
@@ -22,18 +21,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
 
-/// The options we announce, both in GetDevicePluginOptions and in RegisterRequest.options.
-pub fn options() -> api::DevicePluginOptions {
-    let mut o = api::DevicePluginOptions::new();
-    o.pre_start_required = false;
-    o.get_preferred_allocation_available = true;
-    o
-}
+/// What a server calls, with its generation, when the kubelet has closed its last ListAndWatch stream.
+pub type StreamsGone = Arc<dyn Fn(u64) + Send + Sync>;
 
 #[derive(Clone)]
 struct Service {
     registry: SharedRegistry,
-    events: Sender<Event>,
+    /// Called with the generation when the kubelet has closed the server's last ListAndWatch stream.
+    streams_gone: StreamsGone,
+    /// The resource this server advertises, for the logs.
+    resource: Arc<str>,
     generation: u64,
     streams: Arc<Streams>,
 }
@@ -64,23 +61,24 @@ fn reply<T>(ctx: &RpcContext, sink: UnarySink<T>, result: Result<T, InvalidReque
 impl api::DevicePlugin for Service {
     fn get_device_plugin_options(&mut self, ctx: RpcContext, _: api::Empty, sink: UnarySink<api::DevicePluginOptions>) {
         log::debug!("GetDevicePluginOptions from {}", ctx.peer());
-        reply(&ctx, sink, Ok(options()), "GetDevicePluginOptions");
+        reply(&ctx, sink, Ok(api::options()), "GetDevicePluginOptions");
     }
 
     fn list_and_watch(&mut self, _: RpcContext, _: api::Empty, sink: ServerStreamingSink<api::ListAndWatchResponse>) {
         let (first, feed) = registry::write(&self.registry).subscribe();
         let open = self.streams.open.fetch_add(1, Ordering::SeqCst) + 1;
-        log::info!("ListAndWatch stream opened ({open} open), sending {} devices", first.devices.len());
+        let resource = Arc::clone(&self.resource);
+        log::info!("ListAndWatch stream of {resource} opened ({open} open), sending {} devices", first.devices.len());
         let streams = Arc::clone(&self.streams);
-        let events = self.events.clone();
+        let streams_gone = Arc::clone(&self.streams_gone);
         let generation = self.generation;
         let spawned = std::thread::Builder::new().name("list-and-watch".into()).spawn(move || {
             let client_left = stream(sink, first, feed);
             let open = streams.open.fetch_sub(1, Ordering::SeqCst) - 1;
             if client_left {
-                log::info!("ListAndWatch stream closed by the kubelet ({open} open)");
+                log::info!("ListAndWatch stream of {resource} closed by the kubelet ({open} open)");
                 if open == 0 {
-                    let _ = events.send(Event::StreamsGone { generation });
+                    streams_gone(generation);
                 }
             }
         });
@@ -118,7 +116,7 @@ impl api::DevicePlugin for Service {
         let result = allocation::allocate(&snapshot, &req);
         if result.is_ok() {
             for c in &req.container_requests {
-                log::info!("Allocate: container gets {}", c.devices_ids.join(","));
+                log::info!("Allocate: container gets {} {}", self.resource, c.devices_ids.join(","));
             }
         }
         reply(&ctx, sink, result, "Allocate");
@@ -249,11 +247,18 @@ impl PluginServer {
         env: Arc<Environment>,
         socket: &Path,
         registry: SharedRegistry,
-        events: Sender<Event>,
+        streams_gone: StreamsGone,
+        resource: &str,
         generation: u64,
     ) -> Result<PluginServer, StartError> {
         let streams = Arc::new(Streams::default());
-        let service = Service { registry: Arc::clone(&registry), events, generation, streams: Arc::clone(&streams) };
+        let service = Service {
+            registry: Arc::clone(&registry),
+            streams_gone,
+            resource: Arc::from(resource),
+            generation,
+            streams: Arc::clone(&streams),
+        };
         let mut server = ServerBuilder::new(env)
             .register_service(api::create_device_plugin(service))
             .build()

@@ -94,8 +94,10 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
                 continue;
             }
             let host_path = dev.join(&port.name);
+            let (afu_id, afu_verdict) = port_afu(&port.dir);
             let device = Device {
-                health: port_health(&port.dir, &host_path),
+                health: port_health(&port.dir, &host_path, afu_verdict),
+                afu_id,
                 numa_node,
                 node: Some(DevNode {
                     host_path: host_path.to_string_lossy().into_owned(),
@@ -207,9 +209,28 @@ fn numa_node(function_dir: &Path, problems: &mut Vec<String>) -> Option<i64> {
     })
 }
 
+/// A port's `afu_id`: its canonical ID (None when blank or unreadable), and what it says about the port's
+/// health (None: nothing against it).
+fn port_afu(port: &Path) -> (Option<String>, Option<Health>) {
+    let afu = port.join("afu_id");
+    match sysfs::read_attr(&afu) {
+        Ok(text) => match (sysfs::afu_id_is_blank(&text), sysfs::parse_afu_id(&text)) {
+            (Some(true), _) => (None, Some(Health::Unhealthy(format!("{} is all f: no AFU is loaded", afu.display())))),
+            (Some(false), id) => (id, None),
+            (None, _) => {
+                (None, Some(Health::Unhealthy(format!("{} holds {:?}, not an AFU ID", afu.display(), text.trim()))))
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
+        Err(e) if sysfs::is_transient(&e) => (None, Some(Health::Unknown(format!("reading {}: {e}", afu.display())))),
+        Err(e) => (None, Some(Health::Unhealthy(format!("cannot read {}: {e}", afu.display())))),
+    }
+}
+
 /// A port is unhealthy when its device node is missing, when an error is latched in `errors/errors`, or
-/// when no AFU is loaded (`afu_id` all `f`). A transient read error leaves the health unknown.
-fn port_health(port: &Path, node: &Path) -> Health {
+/// when its AFU says so (`afu` from `port_afu`: none loaded, unreadable). A transient read error leaves the
+/// health unknown.
+fn port_health(port: &Path, node: &Path, afu: Option<Health>) -> Health {
     let meta = match std::fs::metadata(node) {
         Ok(meta) => meta,
         Err(_) => return Health::Unhealthy(format!("device node {} is missing", node.display())),
@@ -242,16 +263,10 @@ fn port_health(port: &Path, node: &Path) -> Health {
         Err(e) if sysfs::is_transient(&e) => unknown = Some(format!("reading {}: {e}", errors.display())),
         Err(e) => return Health::Unhealthy(format!("cannot read {}: {e}", errors.display())),
     }
-    let afu = port.join("afu_id");
-    match sysfs::read_attr(&afu) {
-        Ok(text) => match sysfs::afu_id_is_blank(&text) {
-            Some(true) => return Health::Unhealthy(format!("{} is all f: no AFU is loaded", afu.display())),
-            Some(false) => {}
-            None => return Health::Unhealthy(format!("{} holds {:?}, not an AFU ID", afu.display(), text.trim())),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) if sysfs::is_transient(&e) => unknown = Some(format!("reading {}: {e}", afu.display())),
-        Err(e) => return Health::Unhealthy(format!("cannot read {}: {e}", afu.display())),
+    match afu {
+        Some(Health::Unknown(why)) => unknown = Some(why),
+        Some(verdict) => return verdict,
+        None => {}
     }
     match unknown {
         Some(why) => Health::Unknown(why),

@@ -71,6 +71,17 @@ pub fn afu_id_is_blank(s: &str) -> Option<bool> {
     Some(s.bytes().all(|b| b == b'f' || b == b'F'))
 }
 
+/// An AFU ID in its canonical form: 32 lowercase hex digits. Accepts the kernel's `afu_id` attribute
+/// (`"%016llx%016llx\n"`) and the forms people write, any case, with dashes anywhere (the GUID form
+/// `d8424dc4-a4a3-c413-f89e-433683f9040b`).
+pub fn parse_afu_id(s: &str) -> Option<String> {
+    let hex: String = s.trim().chars().filter(|&c| c != '-').collect();
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(hex.to_ascii_lowercase())
+}
+
 /// `errors/errors`: `"0x%llx\n"`. A plain decimal or bare hex value is accepted too.
 pub fn parse_error_bits(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -201,6 +212,18 @@ mod tests {
         assert_eq!(afu_id_is_blank("ffffffffffffffffffffffffffffffff\n"), Some(true));
         assert_eq!(afu_id_is_blank("d8424dc4a4a3c413f89e433683f9040b\n"), Some(false));
         assert_eq!(afu_id_is_blank("fff"), None);
+        let id = Some("d8424dc4a4a3c413f89e433683f9040b".to_string());
+        assert_eq!(parse_afu_id("d8424dc4a4a3c413f89e433683f9040b\n"), id);
+        assert_eq!(parse_afu_id("D8424DC4-A4A3-C413-F89E-433683F9040B"), id);
+        assert_eq!(parse_afu_id("d8-424dc4a4a3c413f89e433683f9040-b"), id);
+        for bad in [
+            "",
+            "d8424dc4a4a3c413f89e433683f9040",
+            "d8424dc4a4a3c413f89e433683f9040bb",
+            "g8424dc4a4a3c413f89e433683f9040b",
+        ] {
+            assert_eq!(parse_afu_id(bad), None, "{bad}");
+        }
         assert_eq!(parse_error_bits("0x0\n"), Some(0));
         assert_eq!(parse_error_bits("0x40\n"), Some(0x40));
         assert_eq!(parse_error_bits("0x"), None);
