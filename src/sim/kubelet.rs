@@ -306,6 +306,57 @@ impl FakeKubelet {
         state.last.as_ref().and_then(|r| state.plugins.get(r)).cloned()
     }
 
+    /// Waits until the latest list of `resource` satisfies `accept`; returns it.
+    pub fn wait_devices_of(
+        &self,
+        resource: &str,
+        timeout: Duration,
+        accept: impl Fn(&[api::Device]) -> bool,
+    ) -> Option<Update> {
+        self.wait(timeout, |s| {
+            s.updates.iter().rev().find(|u| u.resource == resource).filter(|u| accept(&u.devices)).cloned()
+        })
+    }
+
+    /// A client for the endpoint registered for `resource`.
+    pub fn plugin_for(&self, resource: &str) -> Option<api::DevicePluginClient> {
+        self.shared.lock().plugins.get(resource).cloned()
+    }
+
+    /// Closes the ListAndWatch stream of one resource only.
+    pub fn drop_stream(&self, resource: &str) {
+        if let Some(s) = self.shared.lock().streams.remove(resource) {
+            s.lock().unwrap_or_else(PoisonError::into_inner).cancel();
+        }
+    }
+
+    /// The resources with an open ListAndWatch stream, sorted.
+    pub fn resources(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.lock().streams.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// How many Register calls for `resource` were accepted so far.
+    pub fn accepted_for(&self, resource: &str) -> usize {
+        self.shared
+            .lock()
+            .registrations
+            .iter()
+            .filter(|r| r.options.is_some() && r.request.resource_name == resource)
+            .count()
+    }
+
+    /// Waits until the resources with an open stream are exactly `want` (sorted).
+    pub fn wait_resources(&self, timeout: Duration, want: &[&str]) -> bool {
+        self.wait(timeout, |s| {
+            let mut names: Vec<&str> = s.streams.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            (names == want).then_some(())
+        })
+        .is_some()
+    }
+
     /// Answers every Register left hanging by `Behavior::Hang`; returns how many of them the plugin had
     /// already cancelled (the answer could not be delivered).
     pub fn release_hung(&self) -> usize {

@@ -9,4 +9,4 @@ mod kubelet;
 mod node;
 
 pub use kubelet::{Behavior, FakeKubelet, Registration, Update};
-pub use node::{write as sim_write, Fme, SimNode, TempDir};
+pub use node::{write as sim_write, Fme, SimNode, TempDir, AFU_ID};

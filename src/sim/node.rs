@@ -47,7 +47,8 @@ pub struct Fme {
 /// FME partial-reconfiguration regions are numbered from here, away from the base regions.
 const PR_REGION_OFFSET: u32 = 100_000;
 
-const AFU_ID: &str = "d8424dc4a4a3c413f89e433683f9040b";
+/// The `afu_id` every simulated port starts with (`set_afu` changes it).
+pub const AFU_ID: &str = "d8424dc4a4a3c413f89e433683f9040b";
 
 impl SimNode {
     pub fn new() -> io::Result<SimNode> {
@@ -179,6 +180,11 @@ impl SimNode {
         write(&dir.join("errors/first_error"), "0x0\n")?;
         self.add_node(name)?;
         Ok(dir)
+    }
+
+    /// Loads another accelerator function in a port: rewrites its `afu_id` (32 hex digits, or all `f`).
+    pub fn set_afu(&self, port_dir: &Path, afu_id: &str) -> io::Result<()> {
+        write(&port_dir.join("afu_id"), &format!("{afu_id}\n"))
     }
 
     /// Creates `<dev>/<name>` (a plain file stands in for the character device).
