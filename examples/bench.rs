@@ -26,13 +26,15 @@ fn main() -> Res<()> {
     println!("| measurement | result | goal |\n|---|---|---|");
     // --scans: only the in-process discovery measurements.
     if !std::env::args().any(|a| a == "--scans") {
-        plugin(&bin)?;
+        let one = plugin(&bin)?;
+        resources(&bin, one)?;
     }
     scans()?;
     Ok(())
 }
 
-fn plugin(bin: &PathBuf) -> Res<()> {
+/// The single-resource run; returns its idle RSS (KiB) and threads, to compare with several resources.
+fn plugin(bin: &PathBuf) -> Res<(u64, u64)> {
     let node = SimNode::new()?;
     node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)])?;
     node.dfl_card("0000:86:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(1, 0)])?;
@@ -68,6 +70,7 @@ fn plugin(bin: &PathBuf) -> Res<()> {
     std::thread::sleep(Duration::from_secs(10));
     let cpu = cpu_seconds(pid)? - cpu_before;
     let (rss, threads) = rss_threads(pid)?;
+    let idle = (rss, threads);
     row("idle after 10 s: RSS (VmRSS)", format!("{:.1} MiB", rss as f64 / 1024.0), "≤ 5 MiB (static build)");
     row("idle: threads, one ListAndWatch stream open", threads.to_string(), "≤ 10");
     row("idle: CPU seconds over 10 s", format!("{cpu:.3} s"), "~0");
@@ -147,10 +150,59 @@ fn plugin(bin: &PathBuf) -> Res<()> {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let status = child.0.wait()?;
     row("SIGTERM → exit", format!("{} (exit code {})", ms(t.elapsed()), status.code().unwrap_or(-1)), "< 1 s, 0");
-    Ok(())
+    Ok(idle)
 }
 
 /// `calls` Allocates spread over `clients` threads: each call's latency, and the wall time.
+/// Four resources (`--afu-resource` twice and `auto`: the default, two named, one auto) against one: idle
+/// threads and RSS, each resource with its ListAndWatch stream open.
+fn resources(bin: &PathBuf, (rss_one, threads_one): (u64, u64)) -> Res<()> {
+    let node = SimNode::new()?;
+    let afus =
+        ["11111111111111111111111111111111", "22222222222222222222222222222222", "33333333333333333333333333333333"];
+    for (i, afu) in afus.iter().enumerate() {
+        let ports = node.dfl_card(&format!("0000:{:02x}:00.0", 0x10 + i), 0, i as u32, None, &[(i as u32, 0)])?;
+        node.set_afu(&ports[0], afu)?;
+    }
+    node.dfl_card("0000:20:00.0", 0, 9, None, &[(9, 0)])?;
+    node.set_afu(&node.sysfs().join("class/fpga_region/region9/dfl-port.9"), &"f".repeat(32))?;
+    let dir = TempDir::new("bench-kubelet")?;
+    let kubelet = FakeKubelet::start(dir.path())?;
+    let child = Guard(
+        Command::new(bin)
+            .args(["--device-plugin-path", &dir.path().display().to_string()])
+            .args(["--sysfs-root", &node.sysfs().display().to_string()])
+            .args(["--dev-root", &node.dev().display().to_string()])
+            .args(["--afu-resource", &format!("example.com/one={}", afus[0])])
+            .args(["--afu-resource", &format!("example.com/two={}", afus[1])])
+            .args(["--afu-resource", "auto"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let auto = format!("b-com.com/afu-{}", afus[2]);
+    for resource in ["b-com.com/accelerator", "example.com/one", "example.com/two", auto.as_str()] {
+        kubelet.wait_devices_of(resource, WAIT, |d| d.len() == 1).ok_or(format!("no list of {resource}"))?;
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let (rss, threads) = rss_threads(child.0.id())?;
+    row(
+        "4 resources, idle: threads (1 resource: see above)",
+        format!("{threads} ({:+.1} per extra resource)", (threads as f64 - threads_one as f64) / 3.0),
+        "≤ +2 per extra resource",
+    );
+    row(
+        "4 resources, idle: RSS",
+        format!(
+            "{:.1} MiB ({:+.2} MiB per extra resource)",
+            rss as f64 / 1024.0,
+            (rss as f64 - rss_one as f64) / 1024.0 / 3.0
+        ),
+        "≤ +1 MiB per extra resource",
+    );
+    Ok(())
+}
+
 fn allocate_many(
     client: &Arc<api::DevicePluginClient>,
     req: &Arc<api::AllocateRequest>,
