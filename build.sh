@@ -44,6 +44,12 @@ die() {
     exit 2
 }
 
+# A step that failed (not the caller's arguments): exit 1.
+fail() {
+    echo "build.sh: $*" >&2
+    exit 1
+}
+
 build_static() {
     command -v cargo >/dev/null || die "cargo is not installed"
     rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
@@ -77,13 +83,13 @@ cleanup() {
 }
 
 build_image() {
-    local tag=$DEFAULT_IMAGE builder_image=$DEFAULT_BUILDER binary=""
+    local tag=$DEFAULT_IMAGE builder_image=$DEFAULT_BUILDER binary="" builder_given=""
     while [ $# -gt 0 ]; do
         case "$1" in
             -t | --tag | --builder | --binary)
                 [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"
                 case "$1" in
-                    --builder) builder_image=$2 ;;
+                    --builder) builder_image=$2 builder_given=1 ;;
                     --binary) binary=$2 ;;
                     *) tag=$2 ;;
                 esac
@@ -93,7 +99,7 @@ build_image() {
                 local value=${1#*=}
                 [ -n "$value" ] || die "${1%%=*} needs a value"
                 case "$1" in
-                    --builder=*) builder_image=$value ;;
+                    --builder=*) builder_image=$value builder_given=1 ;;
                     --binary=*) binary=$value ;;
                     *) tag=$value ;;
                 esac
@@ -103,10 +109,11 @@ build_image() {
         esac
     done
     if [ -n "$binary" ]; then
-        [ "$builder_image" = "$DEFAULT_BUILDER" ] || die "--builder and --binary exclude each other"
+        [ -z "$builder_given" ] || die "--builder and --binary exclude each other"
         # Relative to where build.sh was called from, not to the repository it changes into.
         case "$binary" in /*) ;; *) binary="$CALLER_DIR/$binary" ;; esac
         [ -f "$binary" ] && [ -x "$binary" ] || die "--binary: $binary is not an executable file"
+        [ "$(od -An -tx1 -N4 "$binary" | tr -d ' \n')" = 7f454c46 ] || die "--binary: $binary is not an ELF binary"
     fi
     command -v docker >/dev/null || die "docker is not installed"
 
@@ -137,7 +144,9 @@ build_image() {
                 printf '%s\n' "$line"
             done < Dockerfile.build > "$dockerfile"
         fi
-        docker build --force-rm -f "$dockerfile" -t "$builder" .
+        docker build --force-rm -f "$dockerfile" -t "$builder" . ||
+            fail "stage 1 failed. Without access to $builder_image, build the binary on the host with" \
+                "./build.sh static and make the image with ./build.sh image --binary PATH"
         container=$(docker container create "$builder")
         docker cp "$container:/src/target/$TARGET/release/$BINARY" "$workdir/$BINARY"
         docker rm -f "$container" >/dev/null

@@ -153,7 +153,6 @@ fn plugin(bin: &PathBuf) -> Res<(u64, u64)> {
     Ok(idle)
 }
 
-/// `calls` Allocates spread over `clients` threads: each call's latency, and the wall time.
 /// Four resources (`--afu-resource` twice and `auto`: the default, two named, one auto) against one: idle
 /// threads and RSS, each resource with its ListAndWatch stream open.
 fn resources(bin: &PathBuf, (rss_one, threads_one): (u64, u64)) -> Res<()> {
@@ -203,6 +202,7 @@ fn resources(bin: &PathBuf, (rss_one, threads_one): (u64, u64)) -> Res<()> {
     Ok(())
 }
 
+/// `calls` Allocates spread over `clients` threads: each call's latency, and the wall time.
 fn allocate_many(
     client: &Arc<api::DevicePluginClient>,
     req: &Arc<api::AllocateRequest>,

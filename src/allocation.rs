@@ -113,12 +113,18 @@ pub fn allocate(snapshot: &Snapshot, req: &api::AllocateRequest) -> Result<api::
 /// then the best of `available`: devices on the NUMA nodes of `must_include`, else on the NUMA node with
 /// the most available devices, then the other nodes by the same rule, then devices without a NUMA node.
 /// Ties are broken by ID (shorter first, so `2` comes before `10`), which makes the answer deterministic
-/// whatever order the kubelet lists the IDs in. IDs unknown to the registry are treated as having no NUMA
-/// node rather than rejected: a preference is only advice, and failing it would fail the pod.
+/// whatever order the kubelet lists the IDs in. An ID this resource does not advertise (unknown, or another
+/// resource's) is refused, as in Allocate: the kubelet only offers IDs from this resource's own list.
 pub fn preferred(
     snapshot: &Snapshot,
     req: &api::PreferredAllocationRequest,
 ) -> Result<api::PreferredAllocationResponse, InvalidRequest> {
+    for id in req.container_requests.iter().flat_map(|c| c.must_include_deviceIDs.iter().chain(&c.available_deviceIDs))
+    {
+        if snapshot.get(id).is_none() {
+            return Err(InvalidRequest(format!("unknown device ID {}", quoted(id))));
+        }
+    }
     let mut resp = api::PreferredAllocationResponse::new();
     for container in &req.container_requests {
         let size = usize::try_from(container.allocation_size)

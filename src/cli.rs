@@ -206,7 +206,7 @@ fn parse_afu_resource(v: &str) -> Result<(String, String), String> {
     validate_resource_name(name).map_err(|why| format!("the resource name {name:?} {why}"))?;
     let afu_id = crate::discovery::sysfs::parse_afu_id(id)
         .ok_or_else(|| format!("{id:?} is not an AFU ID: 32 hex digits, dashes allowed"))?;
-    if afu_id.bytes().all(|b| b == b'f') {
+    if crate::discovery::sysfs::is_blank_afu(&afu_id) {
         return Err("an all-f AFU ID means that no AFU is loaded: such ports stay under --resource-name".into());
     }
     Ok((name.to_string(), afu_id))

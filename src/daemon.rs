@@ -78,8 +78,8 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
     // One completion queue is plenty for a handful of calls per pod start; each extra one is a thread.
     let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("grpc").build());
     let resources = scanner.resources();
-    let (events, lifecycle) =
-        lifecycle::spawn(env, dir.clone(), resources).map_err(|e| Error::Setup("start the registration thread", e))?;
+    let (events, lifecycle) = lifecycle::spawn(env, dir.clone(), settings.routes.default.clone(), resources)
+        .map_err(|e| Error::Setup("start the registration thread", e))?;
     scanner.events = Some(events.clone());
 
     let inotify = Inotify::new().map_err(|e| Error::Setup("create an inotify instance", e))?;
@@ -233,8 +233,9 @@ struct Scanner {
     /// Every resource served so far: the fixed ones, and the auto ones of every AFU seen.
     known: BTreeSet<String>,
     registries: BTreeMap<String, SharedRegistry>,
-    /// The resource of each device ID at the last scan, to log a port that moves.
-    placed: HashMap<String, String>,
+    /// The resource and AFU of each device ID at the last scan: to log a port that moves, and to keep a port
+    /// whose `afu_id` could not be read this time (EBUSY in a reset) where it was.
+    placed: HashMap<String, (String, Option<String>)>,
     /// Problems already logged; one that goes away and comes back is logged again.
     reported: HashSet<String>,
     /// Where to announce a new resource, once the registration thread runs.
@@ -258,17 +259,22 @@ impl Scanner {
     }
 
     fn scan(&mut self) {
-        let scan = discovery::scan(self.backend, &self.roots);
+        let mut scan = discovery::scan(self.backend, &self.roots);
+        for d in &mut scan.devices {
+            if d.afu_id.is_none() && matches!(d.health, crate::device::Health::Unknown(_)) {
+                d.afu_id = self.placed.get(&d.id).and_then(|(_, afu)| afu.clone());
+            }
+        }
         let mut problems: HashSet<String> = scan.problems.into_iter().collect();
         let routed = self.routes.route(scan.devices, &mut self.known);
         let single = routed.len() == 1;
         for (resource, devices) in &routed {
             let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
             if let Some(most) = crate::allocation::most_units_per_container(&ids) {
+                let of = if single { String::new() } else { format!(" of {resource}") };
                 problems.insert(format!(
-                    "{} devices of {resource} are advertised, but a container can be given at most {most} of them: \
-                     more would make its {} longer than the {} bytes Linux passes to a program, and Allocate refuses \
-                     that",
+                    "{} devices{of} are advertised, but a container can be given at most {most} of them: more \
+                     would make its {} longer than the {} bytes Linux passes to a program, and Allocate refuses that",
                     ids.len(),
                     crate::allocation::ENV_UNITS,
                     crate::allocation::MAX_ENV_STRING
@@ -283,31 +289,34 @@ impl Scanner {
         // A port whose AFU changed leaves one resource and joins another: one line, not vanished + appeared.
         let mut placed = HashMap::new();
         let mut moved = HashSet::new();
+        let mut losing = HashSet::new();
         for (resource, devices) in &routed {
             for d in devices {
-                if let Some(old) = self.placed.get(&d.id).filter(|old| *old != resource) {
+                if let Some((old, _)) = self.placed.get(&d.id).filter(|(old, _)| old != resource) {
                     let afu = d.afu_id.as_deref().unwrap_or("none");
-                    log::info!("port {} moved from {old} to {resource} (its AFU is now {afu})", d.id);
+                    let health = match &d.health {
+                        crate::device::Health::Unhealthy(why) => format!(", Unhealthy: {why}"),
+                        _ => String::new(),
+                    };
+                    log::info!("port {} moved from {old} to {resource} (its AFU is now {afu}{health})", d.id);
                     moved.insert(d.id.clone());
+                    losing.insert(old.clone());
                 }
-                placed.insert(d.id.clone(), resource.clone());
+                placed.insert(d.id.clone(), (resource.clone(), d.afu_id.clone()));
             }
         }
         self.placed = placed;
 
+        // The lists that lose a port first: a moving port is never in two lists at once.
+        let mut routed: Vec<(String, Vec<crate::device::Device>)> = routed.into_iter().collect();
+        routed.sort_by_key(|(resource, _)| !losing.contains(resource));
         for (resource, devices) in routed {
-            let registry = match self.registries.get(&resource) {
-                Some(registry) => Arc::clone(registry),
+            let (registry, new) = match self.registries.get(&resource) {
+                Some(registry) => (Arc::clone(registry), false),
                 None => {
                     let registry = Registry::shared();
                     self.registries.insert(resource.clone(), Arc::clone(&registry));
-                    if let Some(events) = &self.events {
-                        if let Some(r) = self.resource(&resource, &registry) {
-                            log::info!("AFU resource {resource} appeared");
-                            let _ = events.send(Event::Serve(r));
-                        }
-                    }
-                    registry
+                    (registry, true)
                 }
             };
             let count = devices.len();
@@ -316,6 +325,13 @@ impl Scanner {
                 let of = if single { String::new() } else { format!(" of {resource}") };
                 log_changes(&changes, &moved, &of);
                 log::info!("advertising {count} devices{of}");
+            }
+            // Announced once its list is in place, so that its first ListAndWatch is not empty.
+            if let (true, Some(events)) = (new, &self.events) {
+                if let Some(r) = self.resource(&resource, &registry) {
+                    log::info!("new resource {resource}: its AFU appeared");
+                    let _ = events.send(Event::Serve(r));
+                }
             }
         }
     }

@@ -5,7 +5,8 @@
 use crate::cli::{self, Command};
 use crate::device::MAX_ID_LEN;
 use crate::discovery::sysfs::{
-    afu_id_is_blank, parse_dev, parse_error_bits, parse_numa_node, parse_pci_address, parse_small_uint, pci_function_of,
+    afu_id_is_blank, parse_afu_id, parse_dev, parse_error_bits, parse_numa_node, parse_pci_address, parse_small_uint,
+    pci_function_of,
 };
 use crate::discovery::{self, Backend, Roots};
 use std::collections::HashSet;
@@ -38,8 +39,10 @@ pub fn sysfs_attributes(data: &[u8]) {
         assert!(node >= 0);
     }
     if let Some(blank) = afu_id_is_blank(text) {
-        assert_eq!(text.trim().len(), 32);
-        assert_eq!(blank, text.trim().bytes().all(|b| b.eq_ignore_ascii_case(&b'f')));
+        let hex: String = text.trim().chars().filter(|&c| c != '-').collect();
+        assert_eq!(hex.len(), 32);
+        assert_eq!(blank, hex.bytes().all(|b| b.eq_ignore_ascii_case(&b'f')));
+        assert_eq!(parse_afu_id(text).map(|id| id.len()), Some(32));
     }
     if let Some(bits) = parse_error_bits(text) {
         let t = text.trim();
@@ -63,6 +66,20 @@ pub fn command_line(data: &[u8]) {
         assert!((1..=100_000).contains(&o.accel_nbunits));
         assert!(o.scan_interval >= Duration::from_millis(10) && o.scan_interval <= Duration::from_secs(86_400));
         assert!(cli::validate_resource_name(&o.resource_name).is_ok());
+        // Every --afu-resource entry: a valid name, a canonical, loaded AFU ID, each ID once.
+        let mut ids = HashSet::new();
+        for (name, id) in &o.afu_resources {
+            assert!(cli::validate_resource_name(name).is_ok());
+            assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            assert!(!crate::discovery::sysfs::is_blank_afu(id));
+            assert!(ids.insert(id.clone()), "{id} twice");
+        }
+        // The socket names of the default resource and every named one fit, or the directory was refused.
+        for name in std::iter::once(&o.resource_name).chain(o.afu_resources.iter().map(|(n, _)| n)) {
+            let socket =
+                crate::endpoint::socket_name(&o.device_plugin_path, name).expect("checked by the command line");
+            assert!(o.device_plugin_path.join(socket).as_os_str().len() <= crate::endpoint::MAX_SOCKET_PATH);
+        }
     }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(d) = cli::parse_duration(text) {

@@ -121,6 +121,8 @@ struct Endpoint {
     owner: Option<Ownership>,
     /// Whether a thread waits for another instance to release the socket.
     waiting: bool,
+    /// Held back until the primary resource's socket is ours (see `Lifecycle::primary`).
+    held_back: bool,
     server: Option<PluginServer>,
     /// Bumped on every server start; events from older servers are ignored.
     generation: u64,
@@ -143,24 +145,27 @@ struct Endpoint {
 struct Lifecycle {
     ctx: Ctx,
     endpoints: BTreeMap<String, Endpoint>,
+    /// The default resource. Its lock is the instance's: the other resources wait until it is ours, so that
+    /// during a surge upgrade the new process advertises nothing while the old one still lists every port.
+    primary: String,
 }
 
-/// Starts the thread, serving `resources` (more can come with `Event::Serve`). It stops serving, removes the
-/// sockets and returns on `Event::Shutdown` (or when every sender is gone).
+/// Starts the thread, serving `resources` (more can come with `Event::Serve`); `primary` is the default
+/// resource, which is claimed first. It stops serving, removes the sockets and returns on `Event::Shutdown`
+/// (or when every sender is gone).
 pub fn spawn(
     env: Arc<Environment>,
     dir: PathBuf,
+    primary: String,
     resources: Vec<Resource>,
 ) -> std::io::Result<(Sender<Event>, std::thread::JoinHandle<()>)> {
     let (events_tx, events) = unbounded();
     let (results_tx, results) = unbounded();
     let (owned_tx, owned) = unbounded();
-    let mut lifecycle = Lifecycle {
-        ctx: Ctx { env, dir, events_tx: events_tx.clone(), results_tx, owned_tx },
-        endpoints: BTreeMap::new(),
-    };
+    let ctx = Ctx { env, dir, events_tx: events_tx.clone(), results_tx, owned_tx };
+    let mut lifecycle = Lifecycle { ctx, endpoints: BTreeMap::new(), primary };
     for resource in resources {
-        lifecycle.endpoints.insert(resource.name.clone(), Endpoint::new(resource));
+        lifecycle.add(resource);
     }
     let handle =
         std::thread::Builder::new().name("registration".into()).spawn(move || lifecycle.run(events, results, owned))?;
@@ -168,22 +173,70 @@ pub fn spawn(
 }
 
 impl Lifecycle {
+    /// A new endpoint, held back unless it is the primary or the primary's socket is ours already. Refused
+    /// (logged) if its socket name is another resource's: two resources' names can hash alike.
+    fn add(&mut self, resource: Resource) -> Option<&mut Endpoint> {
+        if self.endpoints.contains_key(&resource.name) {
+            return None;
+        }
+        if let Some(other) = self.endpoints.values().find(|e| e.socket_name == resource.socket_name) {
+            log::error!(
+                "cannot serve {}: its socket name {} is the one of {} (a hash collision)",
+                resource.name,
+                resource.socket_name,
+                other.resource
+            );
+            return None;
+        }
+        let held_back = resource.name != self.primary && !self.primary_owned();
+        let name = resource.name.clone();
+        let endpoint = self.endpoints.entry(name).or_insert_with(|| Endpoint::new(resource));
+        endpoint.held_back = held_back;
+        Some(endpoint)
+    }
+
+    fn primary_owned(&self) -> bool {
+        self.endpoints.get(&self.primary).is_some_and(|e| e.owner.is_some())
+    }
+
+    /// Once the primary's socket is ours, the other resources start.
+    fn release_held(&mut self) {
+        if !self.primary_owned() {
+            return;
+        }
+        for endpoint in self.endpoints.values_mut().filter(|e| e.held_back) {
+            endpoint.held_back = false;
+            endpoint.restart(&self.ctx, "starting");
+        }
+    }
+
     fn run(
         mut self,
         events: Receiver<Event>,
         results: Receiver<(String, u64, Result<(), grpcio::Error>)>,
         owned: Receiver<(String, std::io::Result<Ownership>)>,
     ) {
-        let Lifecycle { ctx, endpoints } = &mut self;
-        for endpoint in endpoints.values_mut() {
-            endpoint.restart(ctx, "starting");
+        let primary = self.primary.clone();
+        if let Some(endpoint) = self.endpoints.get_mut(&primary) {
+            endpoint.restart(&self.ctx, "starting");
         }
+        self.release_held();
         loop {
-            let next = endpoints.values().filter_map(Endpoint::deadline).min();
+            let next = self.endpoints.values().filter_map(Endpoint::deadline).min();
             let timer = next.map(at).unwrap_or_else(never);
+            let (ctx, endpoints) = (&self.ctx, &mut self.endpoints);
             select! {
                 recv(events) -> event => match event {
                     Ok(Event::Shutdown) | Err(_) => break,
+                    Ok(Event::Serve(resource)) => {
+                        let name = resource.name.clone();
+                        if self.add(resource).is_some() {
+                            let (ctx, endpoints) = (&self.ctx, &mut self.endpoints);
+                            if let Some(endpoint) = endpoints.get_mut(&name).filter(|e| !e.held_back) {
+                                endpoint.restart(ctx, "a new resource");
+                            }
+                        }
+                    }
                     Ok(event) => Self::handle(ctx, endpoints, event),
                 },
                 recv(results) -> result => {
@@ -207,9 +260,10 @@ impl Lifecycle {
                     }
                 },
             }
+            self.release_held();
         }
-        for endpoint in std::mem::take(endpoints).into_values() {
-            endpoint.shut_down(ctx);
+        for endpoint in std::mem::take(&mut self.endpoints).into_values() {
+            endpoint.shut_down(&self.ctx);
         }
     }
 
@@ -237,23 +291,7 @@ impl Lifecycle {
                         .schedule_restart("the kubelet closed its last ListAndWatch stream", Condition::KubeletStayed);
                 }
             }
-            Event::Serve(resource) => {
-                if endpoints.contains_key(&resource.name) {
-                    return;
-                }
-                if let Some(other) = endpoints.values().find(|e| e.socket_name == resource.socket_name) {
-                    log::error!(
-                        "cannot serve {}: its socket name {} is the one of {} (a hash collision)",
-                        resource.name,
-                        resource.socket_name,
-                        other.resource
-                    );
-                    return;
-                }
-                let name = resource.name.clone();
-                let endpoint = endpoints.entry(name).or_insert_with(|| Endpoint::new(resource));
-                endpoint.restart(ctx, "a new resource");
-            }
+            Event::Serve(_) => {} // handled by `run`, which can add endpoints
             Event::Reregister => {
                 for endpoint in endpoints.values_mut() {
                     endpoint.schedule_restart("SIGHUP", Condition::Always);
@@ -277,6 +315,7 @@ impl Endpoint {
             registry: resource.registry,
             owner: None,
             waiting: false,
+            held_back: false,
             server: None,
             generation: 0,
             attempt: 0,
@@ -383,13 +422,14 @@ impl Endpoint {
         }
         let whys: Vec<&str> = pending.reasons.iter().map(|(why, _)| *why).collect();
         if self.dialed_current_kubelet(ctx) {
-            log::debug!("{}; the kubelet already has our latest Register", whys.join("; "));
+            log::debug!("{}: {}; the kubelet already has our latest Register", self.resource, whys.join("; "));
         } else {
             // The kubelet went away: forget it, so that whatever comes back is new to us.
             self.registered_with = None;
             self.dialed = None;
             log::info!(
-                "{}; the kubelet at {} is gone: registering again when it is back",
+                "{}: {}; the kubelet at {} is gone: registering again when it is back",
+                self.resource,
                 whys.join("; "),
                 Self::kubelet_socket(ctx).display()
             );
@@ -419,8 +459,8 @@ impl Endpoint {
     /// first if it is not ours yet.
     fn restart(&mut self, ctx: &Ctx, why: &str) {
         self.restart_at = None;
-        if self.waiting {
-            return; // another instance serves: nothing to restart until it stops
+        if self.waiting || self.held_back {
+            return; // another instance serves, or the primary is not ours yet: nothing to restart
         }
         if let Some(pending) = self.pending.take() {
             pending.cancel();
@@ -487,7 +527,9 @@ impl Endpoint {
         let tx = ctx.owned_tx.clone();
         let (dir, name, resource) = (ctx.dir.clone(), self.socket_name.clone(), self.resource.clone());
         let spawned = std::thread::Builder::new().name("wait-for-owner".into()).spawn(move || {
-            let owned = instance::wait(&dir, &name, &resource);
+            // Always report back, even on a panic: the endpoint would otherwise wait forever.
+            let owned = std::panic::catch_unwind(|| instance::wait(&dir, &name, &resource))
+                .unwrap_or_else(|_| Err(std::io::Error::other("the thread waiting for the other instance panicked")));
             let _ = tx.send((resource, owned));
         });
         match spawned {
@@ -551,9 +593,10 @@ impl Endpoint {
             Err(e) => {
                 let kubelet = Self::kubelet_socket(ctx);
                 let why = describe(&e, &kubelet);
+                let resource = self.resource.clone();
                 self.failed(
                     log::Level::Info,
-                    format_args!("cannot register with the kubelet at {}: {why}", kubelet.display()),
+                    format_args!("cannot register {resource} with the kubelet at {}: {why}", kubelet.display()),
                 );
             }
         }

@@ -31,7 +31,9 @@ fn main() -> ExitCode {
     let options = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(options)) => options,
         Ok(Command::Probe(options)) => {
-            return match probe::probe(&options.device_plugin_path, &options.resource_name) {
+            let names = std::iter::once(options.resource_name.as_str())
+                .chain(options.afu_resources.iter().map(|(name, _)| name.as_str()));
+            return match probe::probe_all(&options.device_plugin_path, names) {
                 Ok(answer) => {
                     println!("ok: {answer}");
                     ExitCode::SUCCESS

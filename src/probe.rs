@@ -1,5 +1,6 @@
 //! `k8s-accelerator-devplugin probe`: a liveness check that needs nothing but the binary itself, so that it
-//! works in a FROM scratch image. It calls GetDevicePluginOptions on the running plugin's socket.
+//! works in a FROM scratch image. It calls GetDevicePluginOptions on the socket of the default resource and
+//! of every resource named with `--afu-resource` (auto resources come and go with their AFUs: not checked).
 
 use crate::{api, endpoint};
 use grpcio::{CallOption, EnvBuilder};
@@ -8,6 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Probes every resource in `resources`; Ok with a description of the answers, or the first failure.
+pub fn probe_all<'a>(
+    device_plugin_path: &Path,
+    resources: impl IntoIterator<Item = &'a str>,
+) -> Result<String, String> {
+    let answers: Result<Vec<String>, String> = resources.into_iter().map(|r| probe(device_plugin_path, r)).collect();
+    answers.map(|a| a.join("; "))
+}
 
 /// Ok with a description of the answer, or why the plugin is not healthy.
 pub fn probe(device_plugin_path: &Path, resource_name: &str) -> Result<String, String> {

@@ -75,8 +75,28 @@ fn named_resources_get_their_ports_and_only_theirs() {
         other => panic!("{other:?}"),
     }
     let default_client = rig.kubelet.plugin_for(DEFAULT).unwrap();
-    assert!(allocate(&default_client, "0000:5e:00.0").is_err());
+    assert_invalid(allocate(&default_client, "0000:5e:00.0"));
     allocate(&default_client, "0000:3b:00.0").unwrap();
+    // PreStartContainer and GetPreferredAllocation too.
+    let mut pre = api::PreStartContainerRequest::new();
+    pre.devices_ids = vec!["0000:3b:00.0".into()];
+    assert_invalid(gzip_client.pre_start_container(&pre));
+    let mut c = api::ContainerPreferredAllocationRequest::new();
+    c.available_deviceIDs = vec!["0000:5e:00.0".into(), "0000:3b:00.0".into()];
+    c.allocation_size = 1;
+    let mut preferred = api::PreferredAllocationRequest::new();
+    preferred.container_requests.push(c);
+    assert_invalid(gzip_client.get_preferred_allocation(&preferred));
+}
+
+fn assert_invalid<T: std::fmt::Debug>(result: grpcio::Result<T>) {
+    match result {
+        Err(grpcio::Error::RpcFailure(s)) => {
+            assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT, "{}", s.message());
+            assert!(s.message().contains("unknown device ID"), "{}", s.message());
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
 }
 
 #[test]
@@ -113,16 +133,51 @@ fn auto_names_every_other_afu_and_keeps_it_registered_when_it_goes() {
     let default = rig.kubelet.wait_devices_of(DEFAULT, WAIT, |d| d.len() == 1).expect("the blank port in default");
     assert_eq!(default.devices[0].health, "Unhealthy");
 
-    // A kubelet restart re-registers every resource, the empty one too.
-    let before: Vec<usize> = [DEFAULT, GZIP, &auto].iter().map(|r| rig.kubelet.accepted_for(r)).collect();
+    // A new AFU after start: its auto resource is registered then, with its port in the first list.
+    let other = "44444444444444444444444444444444";
+    let ports = rig.node.dfl_card("0000:af:00.0", 1, 2, Some(Fme { instance: 2, ports_num: 1 }), &[(3, 0)]).unwrap();
+    rig.node.set_afu(&ports[0], other).unwrap();
+    let late = format!("b-com.com/afu-{other}");
+    let list = rig.kubelet.wait_devices_of(&late, WAIT, |d| d.len() == 1).unwrap_or_else(|| panic!("{}", p.log()));
+    assert_eq!(ids(&list.devices), ["0000:af:00.0"]);
+    assert_eq!(rig.kubelet.accepted_for(&late), 1);
+    assert!(rig.kubelet.updates().iter().filter(|u| u.resource == late).all(|u| !u.devices.is_empty()));
+
+    // A kubelet restart re-registers every resource once, the empty one too, and each list comes back.
+    let resources = [DEFAULT, GZIP, auto.as_str(), late.as_str()];
+    let before: Vec<usize> = resources.iter().map(|r| rig.kubelet.accepted_for(r)).collect();
+    let restarted = std::time::Instant::now();
     rig.kubelet.restart().unwrap();
-    for (resource, n) in [DEFAULT, GZIP, &auto].iter().zip(before) {
+    for (resource, n) in resources.iter().zip(&before) {
         assert!(
-            common::wait_until(WAIT, || rig.kubelet.accepted_for(resource) > n),
+            common::wait_until(WAIT, || rig.kubelet.accepted_for(resource) == n + 1),
             "{resource} registered again\n{}",
             p.log()
         );
+        rig.kubelet.wait_devices_since(restarted, WAIT, |_| true).expect("lists after the restart");
     }
+    std::thread::sleep(Duration::from_millis(300));
+    let after: Vec<usize> = resources.iter().map(|r| rig.kubelet.accepted_for(r)).collect();
+    assert_eq!(after, before.iter().map(|n| n + 1).collect::<Vec<_>>(), "one Register per resource");
+    assert!(rig.kubelet.wait_devices_of(&late, WAIT, |d| d.len() == 1).is_some_and(|u| u.at > restarted));
+}
+
+#[test]
+fn a_second_instance_advertises_nothing_until_the_first_stops() {
+    let rig = Rig::new();
+    three_cards(&rig);
+    let mut first = rig.plugin(&[]);
+    rig.kubelet.wait_devices_of(DEFAULT, WAIT, |d| d.len() == 3).unwrap();
+    // The new version of a surge upgrade, with AFU resources: while the old one lists every port under the
+    // default resource, it must not advertise the same ports under its AFU resources.
+    let second = rig.plugin(&["--afu-resource", &format!("{GZIP}={AFU_ID}")]);
+    assert!(second.wait_log("waiting for it to stop", WAIT), "{}", second.log());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rig.kubelet.accepted_for(GZIP), 0, "{}", second.log());
+    first.signal(libc::SIGTERM);
+    first.wait_exit(WAIT).unwrap();
+    rig.kubelet.wait_devices_of(GZIP, WAIT, |d| d.len() == 2).unwrap_or_else(|| panic!("{}", second.log()));
+    rig.kubelet.wait_devices_of(DEFAULT, WAIT, |d| d.len() == 1).unwrap();
 }
 
 #[test]
@@ -146,9 +201,28 @@ fn afu_resources_need_the_intel_backend() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--afu-resource needs the intel backend"), "{stderr}");
-    let out = command(&["--afu-resource", "example.com/x=not-an-afu"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--afu-resource example.com/x=not-an-afu"));
+    for (args, needle) in [
+        (&["--afu-resource", "example.com/x=not-an-afu"][..], "--afu-resource example.com/x=not-an-afu"),
+        (
+            &["--afu-resource", "x=d8424dc4a4a3c413f89e433683f9040b"],
+            "--afu-resource x=d8424dc4a4a3c413f89e433683f9040b",
+        ),
+        (
+            &[
+                "--afu-resource",
+                "example.com/a=d8424dc4a4a3c413f89e433683f9040b",
+                "--afu-resource",
+                &format!("example.com/b={GZIP_GUID}"),
+            ],
+            "already given to example.com/a",
+        ),
+    ] {
+        let out = command(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

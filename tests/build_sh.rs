@@ -98,6 +98,8 @@ fn help_and_bad_arguments() {
         (&["static", "--tag", "x"], "static takes no options"),
         (&["image", "--builder"], "--builder needs a value"),
         (&["image", "--builder", "mirror/rust:1", "--binary", "/bin/true"], "exclude each other"),
+        (&["image", "--builder", "rust:1.95-slim-bookworm", "--binary", "/bin/true"], "exclude each other"),
+        (&["image", "--binary", env!("CARGO_MANIFEST_DIR")], "is not an executable file"),
         (&["image", "--binary", "/nonexistent/k8s-accelerator-devplugin"], "is not an executable file"),
     ] {
         let out = fake.run(args, &[]);
@@ -158,13 +160,20 @@ fn another_builder_image_is_written_into_a_temporary_dockerfile() {
 fn a_binary_built_before_skips_stage_one() {
     let fake = Fake::new();
     let binary = fake.dir.path().join("k8s-accelerator-devplugin");
-    std::fs::write(&binary, "#!/bin/true\n").unwrap();
+    std::fs::write(&binary, b"\x7fELF\x02\x01\x01").unwrap();
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = fake.run(&["image", "--binary", binary.to_str().unwrap(), "-t", "plugin:ci"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let calls = fake.calls();
     assert_eq!(calls.len(), 1, "{calls:#?}");
     assert!(calls[0].starts_with("docker build --force-rm -t plugin:ci /"), "{}", calls[0]);
+    // An executable that is not a binary (a script) is refused.
+    let script = fake.dir.path().join("script");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = fake.run(&["image", "--binary", script.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is not an ELF binary"), "{}", text(&out));
     // A relative path is the caller's, not the repository's (build.sh changes into it).
     let out = fake.run_in(fake.dir.path(), &["image", "--binary", "k8s-accelerator-devplugin"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

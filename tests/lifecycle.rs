@@ -70,7 +70,7 @@ fn starts_before_the_kubelet_and_registers_when_it_appears() {
     let node = SimNode::new().unwrap();
     let dir = TempDir::new("kubelet").unwrap();
     let p = aws_plugin(dir.path(), &node, &[]);
-    assert!(p.wait_log("cannot register with the kubelet", WAIT), "{}", p.log());
+    assert!(p.wait_log("cannot register b-com.com/accelerator with the kubelet", WAIT), "{}", p.log());
     std::thread::sleep(Duration::from_millis(1500));
     let kubelet = FakeKubelet::start(dir.path()).unwrap();
     let started = Instant::now();

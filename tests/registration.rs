@@ -300,7 +300,7 @@ fn more_units_than_one_container_can_take_is_reported_at_scan_time() {
     let p = rig.aws("30000", &[]);
     rig.kubelet.wait_devices(WAIT, |d| d.len() == 30_000).expect("the list");
     // 0..21845 joined with commas still fits in Linux's 131072-byte environment string; one more unit may not.
-    let expected = "30000 devices of b-com.com/accelerator are advertised, but a container can be given at most";
+    let expected = "30000 devices are advertised, but a container can be given at most";
     assert!(p.wait_log(expected, WAIT), "{}", p.log());
     assert_eq!(p.log().matches(expected).count(), 1, "logged once");
     let mut req = k8s_accelerator_devplugin::api::AllocateRequest::new();

@@ -214,13 +214,16 @@ fn numa_node(function_dir: &Path, problems: &mut Vec<String>) -> Option<i64> {
 fn port_afu(port: &Path) -> (Option<String>, Option<Health>) {
     let afu = port.join("afu_id");
     match sysfs::read_attr(&afu) {
-        Ok(text) => match (sysfs::afu_id_is_blank(&text), sysfs::parse_afu_id(&text)) {
-            (Some(true), _) => (None, Some(Health::Unhealthy(format!("{} is all f: no AFU is loaded", afu.display())))),
-            (Some(false), id) => (id, None),
-            (None, _) => {
+        Ok(text) => match sysfs::parse_afu_id(&text) {
+            Some(id) if sysfs::is_blank_afu(&id) => {
+                (None, Some(Health::Unhealthy(format!("{} is all f: no AFU is loaded", afu.display()))))
+            }
+            Some(id) => (Some(id), None),
+            None => {
                 (None, Some(Health::Unhealthy(format!("{} holds {:?}, not an AFU ID", afu.display(), text.trim()))))
             }
         },
+
         Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
         Err(e) if sysfs::is_transient(&e) => (None, Some(Health::Unknown(format!("reading {}: {e}", afu.display())))),
         Err(e) => (None, Some(Health::Unhealthy(format!("cannot read {}: {e}", afu.display())))),

@@ -61,14 +61,15 @@ pub fn parse_numa_node(s: &str) -> Result<Option<i64>, Malformed> {
     }
 }
 
-/// `afu_id`: 32 hex digits. Returns whether it is the all-`f` ID the drivers report for a port without a
-/// usable AFU; `None` when it is not an AFU ID at all.
+/// `afu_id`: returns whether it is the all-`f` ID the drivers report for a port without a usable AFU;
+/// `None` when it is not an AFU ID at all (see `parse_afu_id`).
 pub fn afu_id_is_blank(s: &str) -> Option<bool> {
-    let s = s.trim();
-    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some(s.bytes().all(|b| b == b'f' || b == b'F'))
+    parse_afu_id(s).map(|id| is_blank_afu(&id))
+}
+
+/// Whether a canonical AFU ID is the blank one (all `f`: no AFU loaded).
+pub fn is_blank_afu(canonical: &str) -> bool {
+    canonical.bytes().all(|b| b == b'f')
 }
 
 /// An AFU ID in its canonical form: 32 lowercase hex digits. Accepts the kernel's `afu_id` attribute
