@@ -15,6 +15,9 @@ mod common;
 
 use common::{sockets, wait_until, WAIT};
 use k8s_accelerator_devplugin::api;
+use k8s_accelerator_devplugin::cli::{self, BackendChoice, Command as Cli};
+use k8s_accelerator_devplugin::discovery::{self, Backend, Roots};
+use k8s_accelerator_devplugin::routing::Routes;
 use k8s_accelerator_devplugin::sim::{FakeKubelet, Fme, SimNode, TempDir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -185,12 +188,6 @@ fn pod_spec(dir: &Path, flavour: &str) -> PodSpec {
     }
 }
 
-/// The value of `-flag`/`--flag` in a container's arguments.
-fn arg_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    let at = args.iter().position(|a| a.trim_start_matches('-') == flag)?;
-    args.get(at + 1).map(String::as_str)
-}
-
 /// Runs a docker command, killed after `limit` (a stuck engine must not hold CI until its deadline).
 fn docker_within(limit: Duration, args: &[&str]) -> (bool, String) {
     let out = Command::new("timeout")
@@ -339,22 +336,42 @@ fn status_field(pid: u32, key: &str) -> String {
 fn run_flavour(flavour: &str) {
     let Some(dir) = manifests() else { return };
     let spec = pod_spec(&dir, flavour);
-    let intel = flavour == "intel";
+    // The manifest's arguments, read the way the plugin reads them.
+    let options = match cli::parse(spec.args.iter().map(std::ffi::OsString::from)) {
+        Ok(Cli::Run(options)) => options,
+        other => panic!("the manifest's args {:?} do not run the plugin: {other:?}", spec.args),
+    };
+    let intel = options.backend == Some(BackendChoice::Intel);
     let mut host = Host::new(intel);
     let name = format!("k8s-accel-test-{flavour}-{}", std::process::id());
     let container = host.run(&spec, &name);
 
-    // Registers, lists.
-    let reg = host.kubelet.wait_registration(1, WAIT).unwrap_or_else(|| panic!("no Register\n{}", container.log()));
-    assert_eq!(reg.request.resource_name, "b-com.com/accelerator");
-    let want = if intel {
-        2
+    // Every resource registers, each with the ports its routing gives it (work that out the way the plugin
+    // does, from the simulated host).
+    let routes = Routes::new(&options.resource_name, &options.afu_resources, options.afu_auto);
+    let mut known = routes.fixed();
+    let devices = if intel {
+        discovery::scan(Backend::Intel, &Roots { sysfs: host.node.sysfs(), dev: host.node.dev() }).devices
     } else {
-        arg_value(&spec.args, "accel-nbunits").and_then(|n| n.parse().ok()).expect("the aws flavour's -accel-nbunits")
+        discovery::scan(Backend::Aws { units: options.accel_nbunits }, &Roots { sysfs: "/".into(), dev: "/".into() })
+            .devices
     };
-    host.kubelet
-        .wait_devices(WAIT, |d| d.len() == want && d.iter().all(|d| d.health == "Healthy"))
-        .unwrap_or_else(|| panic!("no list of {want} healthy devices: {:?}", host.kubelet.updates().last()));
+    let expected = routes.route(devices, &mut known);
+    for (resource, devices) in &expected {
+        let want: Vec<String> = {
+            let mut ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        host.kubelet
+            .wait_devices_of(resource, WAIT, |d| {
+                d.len() == want.len() && d.iter().all(|d| d.health == "Healthy" && want.contains(&d.ID))
+            })
+            .unwrap_or_else(|| panic!("no list {want:?} for {resource}\n{}", container.log()));
+    }
+    // The resource with the devices: Allocate goes there.
+    let (resource, devices) = expected.iter().max_by_key(|(_, d)| d.len()).expect("a resource");
+    let registered = host.kubelet.registrations().len();
 
     // The security context reached the process.
     let pid = container.pid();
@@ -370,8 +387,9 @@ fn run_flavour(flavour: &str) {
     assert_eq!(root_options.split(',').next(), Some(if spec.read_only_root { "ro" } else { "rw" }), "{mountinfo}");
 
     // Allocates: the environment, and for Intel the device nodes with host paths that are right on the host.
-    let client = host.kubelet.plugin().expect("a client");
+    let client = host.kubelet.plugin_for(resource).expect("a client");
     if intel {
+        assert_eq!(devices.len(), 2, "both simulated ports in {resource}");
         let c = allocate(&client, &["0000:86:00.0", "0000:5e:00.0"]);
         assert_eq!(c.envs["ACCELERATOR_UNITS"], "0000:86:00.0,0000:5e:00.0");
         let nodes: Vec<(&str, &str)> =
@@ -399,9 +417,17 @@ fn run_flavour(flavour: &str) {
         assert!(c.devices.is_empty());
     }
 
-    // Re-registers after a kubelet restart.
+    // Every resource re-registers after a kubelet restart.
     host.kubelet.restart().unwrap();
-    host.kubelet.wait_registration(2, WAIT).unwrap_or_else(|| panic!("no Register after the restart"));
+    let again = registered + expected.len();
+    host.kubelet.wait_register_calls(again, WAIT).unwrap_or_else(|| panic!("not every resource registered again"));
+    for resource in expected.keys() {
+        assert!(
+            wait_until(WAIT, || host.kubelet.accepted_for(resource) >= 2),
+            "{resource} registered again\n{}",
+            container.log()
+        );
+    }
 
     // The liveness probe of the manifest, through docker exec.
     let mut exec = vec!["exec", container.id.as_str()];
@@ -409,6 +435,9 @@ fn run_flavour(flavour: &str) {
     let (ok, out) = docker_within(spec.liveness_timeout, &exec);
     assert!(ok, "liveness probe {:?} within {:?}: {out}", spec.liveness, spec.liveness_timeout);
     assert!(out.starts_with("ok: "), "{out}");
+    // It checks every named resource: as many answers as the manifest's probe names resources.
+    let probed = 1 + spec.liveness.iter().filter(|a| a.trim_start_matches('-') == "afu-resource").count();
+    assert_eq!(out.matches("answers GetDevicePluginOptions").count(), probed, "{out}");
 
     // docker stop: SIGTERM, then SIGKILL after the pod's grace period.
     let stopping = Instant::now();
@@ -431,4 +460,9 @@ fn the_aws_daemonset_runs_under_docker() {
 #[test]
 fn the_intel_daemonset_runs_under_docker() {
     run_flavour("intel");
+}
+
+#[test]
+fn the_intel_afu_example_runs_under_docker() {
+    run_flavour("intel-afu");
 }
