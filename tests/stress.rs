@@ -285,19 +285,28 @@ fn malformed_requests_get_error_statuses_and_the_plugin_keeps_serving() {
         }
     }
 
-    // GetPreferredAllocation: negative size is rejected, a size larger than what is available is capped.
+    // GetPreferredAllocation: negative size is rejected, a size larger than what is available is capped, an
+    // ID this resource does not advertise is rejected.
     let mut pref = api::PreferredAllocationRequest::new();
     let mut c = api::ContainerPreferredAllocationRequest::new();
-    c.available_deviceIDs = vec!["1".into(), "2".into(), "".into()];
+    c.available_deviceIDs = vec!["1".into(), "2".into(), "3".into()];
     c.allocation_size = -5;
     pref.container_requests.push(c);
     match client.get_preferred_allocation(&pref) {
-        Err(grpcio::Error::RpcFailure(s)) => assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT),
+        Err(grpcio::Error::RpcFailure(s)) => {
+            assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT);
+            assert!(s.message().contains("negative"), "{}", s.message());
+        }
         other => panic!("{other:?}"),
     }
     pref.container_requests[0].allocation_size = i32::MAX;
     let resp = client.get_preferred_allocation(&pref).unwrap();
     assert_eq!(resp.container_responses[0].deviceIDs.len(), 3);
+    pref.container_requests[0].available_deviceIDs.push("".into());
+    match client.get_preferred_allocation(&pref) {
+        Err(grpcio::Error::RpcFailure(s)) => assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT),
+        other => panic!("{other:?}"),
+    }
 
     // Still alive and serving.
     let mut ok = api::AllocateRequest::new();
