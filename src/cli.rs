@@ -14,8 +14,9 @@ Usage: k8s-accelerator-devplugin [OPTIONS]
 Advertises FPGA accelerators to the kubelet (device plugin API v1beta1).
 
 probe: liveness check. Calls GetDevicePluginOptions on the socket of the plugin running with the same
---device-plugin-path and --resource-name; exits 0 if it answers within 3 s, 1 otherwise. It accepts all
-the options below, so a probe can repeat the plugin's own arguments.
+--device-plugin-path and --resource-name (and on the socket of each --afu-resource NAME that exists);
+exits 0 if they answer within 3 s, 1 otherwise. It accepts all the options below, so a probe can repeat
+the plugin's own arguments.
 
 Options:
   --backend intel|aws          What to advertise [default: intel if <sysfs-root>/class/fpga or
@@ -197,6 +198,22 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             _ => return Err(UsageError(format!("unknown option {flag}"))),
         }
     }
+    // With auto, an entry must not take the auto name of another AFU: two AFUs would share one resource.
+    if opts.afu_auto {
+        let domain = opts.resource_name.split_once('/').map_or(opts.resource_name.as_str(), |(d, _)| d);
+        for (name, id) in &opts.afu_resources {
+            let auto_of_other = name
+                .strip_prefix(&format!("{domain}/afu-"))
+                .and_then(crate::discovery::sysfs::parse_afu_id)
+                .filter(|other| other != id);
+            if let Some(other) = auto_of_other {
+                return Err(UsageError(format!(
+                    "--afu-resource {name}={id}: {name} is the auto name of AFU {other}, which --afu-resource auto \
+                     gives its own resource"
+                )));
+            }
+        }
+    }
     Ok(if probe { Command::Probe(opts) } else { Command::Run(opts) })
 }
 
@@ -364,6 +381,15 @@ mod tests {
             (&["--device-plugin-path", &format!("/{}", "d".repeat(103))], "104 bytes long"),
             (&["--sysfs-root", &format!("/{}", "s".repeat(4095))], "PATH_MAX"),
             (&["--afu-resource", "example.com/gzip"], "must be NAME=AFU_ID"),
+            (
+                &[
+                    "--afu-resource",
+                    "b-com.com/afu-00112233445566778899aabbccddeeff=d8424dc4a4a3c413f89e433683f9040b",
+                    "--afu-resource",
+                    "auto",
+                ],
+                "is the auto name of AFU 00112233445566778899aabbccddeeff",
+            ),
             (&["--afu-resource", "gzip=d8424dc4a4a3c413f89e433683f9040b"], "the resource name \"gzip\""),
             (&["--afu-resource", "example.com/gzip=d8424dc4"], "not an AFU ID"),
             (&["--afu-resource", "example.com/none=ffffffff-ffffffffffffffffffffffff"], "no AFU is loaded"),

@@ -298,7 +298,8 @@ impl Scanner {
                         crate::device::Health::Unhealthy(why) => format!(", Unhealthy: {why}"),
                         _ => String::new(),
                     };
-                    log::info!("port {} moved from {old} to {resource} (its AFU is now {afu}{health})", d.id);
+                    let level = if d.health.is_healthy() { log::Level::Info } else { log::Level::Warn };
+                    log::log!(level, "port {} moved from {old} to {resource} (its AFU is now {afu}{health})", d.id);
                     moved.insert(d.id.clone());
                     losing.insert(old.clone());
                 }

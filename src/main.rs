@@ -31,9 +31,8 @@ fn main() -> ExitCode {
     let options = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(options)) => options,
         Ok(Command::Probe(options)) => {
-            let names = std::iter::once(options.resource_name.as_str())
-                .chain(options.afu_resources.iter().map(|(name, _)| name.as_str()));
-            return match probe::probe_all(&options.device_plugin_path, names) {
+            let named = options.afu_resources.iter().map(|(name, _)| name.as_str());
+            return match probe::probe_all(&options.device_plugin_path, &options.resource_name, named) {
                 Ok(answer) => {
                     println!("ok: {answer}");
                     ExitCode::SUCCESS
@@ -84,7 +83,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let routes = Routes::new(&options.resource_name, &options.afu_resources, options.afu_auto);
-    let afu_routes: Vec<String> = routes.by_afu.iter().map(|(id, name)| format!("{name}={id}")).collect();
+    let afu_routes: Vec<String> = options.afu_resources.iter().map(|(name, id)| format!("{name}={id}")).collect();
     log::info!(
         "k8s-accelerator-devplugin {} starting: resource {}{}{}, backend {}, device-plugins directory {}",
         env!("CARGO_PKG_VERSION"),

@@ -10,13 +10,27 @@ use std::time::Duration;
 
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Probes every resource in `resources`; Ok with a description of the answers, or the first failure.
+/// Probes the default resource, which must answer, and every named resource whose socket exists. A named
+/// resource without a socket is not a failure: during a surge upgrade the waiting process serves none of
+/// them yet, and one whose server is being restarted has none for a moment. A hung process shows on the
+/// default resource: every resource is served by the same threads. Ok with a description of the answers,
+/// or the first failure.
 pub fn probe_all<'a>(
     device_plugin_path: &Path,
-    resources: impl IntoIterator<Item = &'a str>,
+    default: &str,
+    named: impl IntoIterator<Item = &'a str>,
 ) -> Result<String, String> {
-    let answers: Result<Vec<String>, String> = resources.into_iter().map(|r| probe(device_plugin_path, r)).collect();
-    answers.map(|a| a.join("; "))
+    let mut answers = vec![probe(device_plugin_path, default)?];
+    let mut seen = std::collections::BTreeSet::from([default]);
+    for resource in named.into_iter().filter(|r| seen.insert(*r)) {
+        let name = endpoint::socket_name(device_plugin_path, resource).map_err(|e| e.to_string())?;
+        if device_plugin_path.join(&name).exists() {
+            answers.push(probe(device_plugin_path, resource)?);
+        } else {
+            answers.push(format!("{resource} is not served (yet): {name} does not exist"));
+        }
+    }
+    Ok(answers.join("; "))
 }
 
 /// Ok with a description of the answer, or why the plugin is not healthy.

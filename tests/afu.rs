@@ -174,6 +174,13 @@ fn a_second_instance_advertises_nothing_until_the_first_stops() {
     assert!(second.wait_log("waiting for it to stop", WAIT), "{}", second.log());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rig.kubelet.accepted_for(GZIP), 0, "{}", second.log());
+    // Its liveness probe, with its own flags, passes meanwhile: the default resource is served.
+    let dir = rig.dir().to_str().unwrap().to_string();
+    let gzip_entry = format!("{GZIP}={AFU_ID}");
+    let out = command(&["probe", "--device-plugin-path", &dir, "--afu-resource", &gzip_entry]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("example.com/gzip is not served (yet)"), "{text}");
     first.signal(libc::SIGTERM);
     first.wait_exit(WAIT).unwrap();
     rig.kubelet.wait_devices_of(GZIP, WAIT, |d| d.len() == 2).unwrap_or_else(|| panic!("{}", second.log()));
