@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         backend: Backend::Intel,
         routes: Routes::single("b-com.com/accelerator"),
         device_plugin_path: dir.path().to_path_buf(),
+        cdi_spec_dir: None,
         roots: Roots { sysfs: node.sysfs(), dev: node.dev() },
         scan_interval: Duration::from_secs(5),
     };

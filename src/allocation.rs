@@ -79,8 +79,14 @@ pub fn validate<'a>(snapshot: &Snapshot, ids: impl IntoIterator<Item = &'a Strin
     Ok(())
 }
 
-/// One response per container, in request order: `ACCELERATOR_UNITS` and the containers' device nodes.
-pub fn allocate(snapshot: &Snapshot, req: &api::AllocateRequest) -> Result<api::AllocateResponse, InvalidRequest> {
+/// One response per container, in request order: `ACCELERATOR_UNITS` and the containers' device nodes,
+/// either as DeviceSpecs or, with `cdi_kind` (the resource name, when `--cdi-spec-dir` is set), as CDI
+/// devices `<kind>=<ID>` described by the spec file (never both: each node would be injected twice).
+pub fn allocate(
+    snapshot: &Snapshot,
+    req: &api::AllocateRequest,
+    cdi_kind: Option<&str>,
+) -> Result<api::AllocateResponse, InvalidRequest> {
     validate(snapshot, req.container_requests.iter().flat_map(|c| c.devices_ids.iter()))?;
     let mut resp = api::AllocateResponse::new();
     for container in &req.container_requests {
@@ -97,6 +103,12 @@ pub fn allocate(snapshot: &Snapshot, req: &api::AllocateRequest) -> Result<api::
         c.envs.insert(ENV_UNITS.to_string(), units);
         for id in &container.devices_ids {
             if let Some(node) = snapshot.get(id).and_then(|d| d.node.as_ref()) {
+                if let Some(kind) = cdi_kind {
+                    let mut cdi = api::CDIDevice::new();
+                    cdi.name = crate::cdi::device_name(kind, id);
+                    c.cdi_devices.push(cdi);
+                    continue;
+                }
                 let mut spec = api::DeviceSpec::new();
                 spec.container_path = node.container_path.clone();
                 spec.host_path = node.host_path.clone();
@@ -237,9 +249,9 @@ mod tests {
             req
         };
         // 0..=21845 joined with commas is 119,965 bytes: fits. All 30,000 make 168,889: does not.
-        let ok = allocate(&s, &request(21_846)).unwrap();
+        let ok = allocate(&s, &request(21_846), None).unwrap();
         assert!(ok.container_responses[0].envs[ENV_UNITS].len() + ENV_UNITS.len() + 2 <= MAX_ENV_STRING);
-        let e = allocate(&s, &request(30_000)).unwrap_err();
+        let e = allocate(&s, &request(30_000), None).unwrap_err();
         assert!(e.0.contains("30000 devices") && e.0.contains("131072"), "{e}");
         // What the scan reports: any container of this many units fits, even of the longest IDs.
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();

@@ -28,6 +28,8 @@ Options:
   --afu-resource auto          Advertise every other AFU as <domain of --resource-name>/afu-<AFU ID>
   --device-plugin-path DIR     The kubelet's device-plugins directory, at most 83 bytes
                                [default: /var/lib/kubelet/device-plugins]
+  --cdi-spec-dir DIR           Write a CDI spec per resource there (e.g. /var/run/cdi) and hand devices to
+                               containers as CDI devices [default: off: device nodes in Allocate]
   --sysfs-root DIR             Where the host's sysfs is mounted [default: /sys]
   --dev-root DIR               Where the host's device nodes are [default: /dev]
   --scan-interval DURATION     Rescan period, e.g. 200ms, 5s, 1m [default: 5s]
@@ -39,8 +41,9 @@ Options:
 Every long option may also be written with one dash (-accel-nbunits 1) and with = (--accel-nbunits=1).
 ";
 
-const LONG_FLAGS: [&str; 12] = [
+const LONG_FLAGS: [&str; 13] = [
     "backend",
+    "cdi-spec-dir",
     "afu-resource",
     "accel-nbunits",
     "resource-name",
@@ -71,6 +74,8 @@ pub struct Options {
     /// `--afu-resource auto`.
     pub afu_auto: bool,
     pub device_plugin_path: PathBuf,
+    /// `--cdi-spec-dir`: where to keep CDI spec files; None: no CDI.
+    pub cdi_spec_dir: Option<PathBuf>,
     pub sysfs_root: PathBuf,
     pub dev_root: PathBuf,
     pub scan_interval: Duration,
@@ -87,6 +92,7 @@ impl Default for Options {
             afu_resources: Vec::new(),
             afu_auto: false,
             device_plugin_path: "/var/lib/kubelet/device-plugins".into(),
+            cdi_spec_dir: None,
             sysfs_root: "/sys".into(),
             dev_root: "/dev".into(),
             scan_interval: Duration::from_secs(5),
@@ -172,6 +178,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                 crate::endpoint::check_dir(&dir).map_err(|e| UsageError(format!("{flag}: {e}")))?;
                 opts.device_plugin_path = dir;
             }
+            Long("cdi-spec-dir") => opts.cdi_spec_dir = Some(path(value(&mut parser)?, &flag)?),
             Long("sysfs-root") => opts.sysfs_root = path(value(&mut parser)?, &flag)?,
             Long("dev-root") => opts.dev_root = path(value(&mut parser)?, &flag)?,
             Long("scan-interval") => {

@@ -26,6 +26,8 @@ pub struct Settings {
     /// Which resource each device goes to: `--resource-name` and `--afu-resource`.
     pub routes: Routes,
     pub device_plugin_path: PathBuf,
+    /// `--cdi-spec-dir`: where to keep a CDI spec per resource; None: no CDI.
+    pub cdi_spec_dir: Option<PathBuf>,
     pub roots: Roots,
     pub scan_interval: Duration,
 }
@@ -72,6 +74,9 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
         placed: HashMap::new(),
         reported: HashSet::new(),
         events: None,
+        cdi_dir: settings.cdi_spec_dir.clone(),
+        cdi_written: HashMap::new(),
+        cdi_failing: HashSet::new(),
     };
     scanner.scan();
 
@@ -240,6 +245,11 @@ struct Scanner {
     reported: HashSet<String>,
     /// Where to announce a new resource, once the registration thread runs.
     events: Option<Sender<Event>>,
+    /// `--cdi-spec-dir`, and the spec last written for each resource (None: no file).
+    cdi_dir: Option<PathBuf>,
+    cdi_written: HashMap<String, Option<String>>,
+    /// Resources whose spec could not be written: the failure is logged once, then retried quietly.
+    cdi_failing: HashSet<String>,
 }
 
 impl Scanner {
@@ -250,7 +260,12 @@ impl Scanner {
 
     fn resource(&self, name: &str, registry: &SharedRegistry) -> Option<Resource> {
         match endpoint::socket_name(&self.dir, name) {
-            Ok(socket_name) => Some(Resource { name: name.to_string(), socket_name, registry: Arc::clone(registry) }),
+            Ok(socket_name) => Some(Resource {
+                name: name.to_string(),
+                socket_name,
+                registry: Arc::clone(registry),
+                cdi: self.cdi_dir.is_some(),
+            }),
             Err(e) => {
                 log::error!("cannot serve {name}: {e}");
                 None
@@ -321,6 +336,8 @@ impl Scanner {
                 }
             };
             let count = devices.len();
+            // The spec before the list: a container given a device must find it in the spec.
+            self.write_cdi_spec(&resource, &devices);
             let changes = registry::publish(&registry, devices);
             if !changes.is_empty() {
                 let of = if single { String::new() } else { format!(" of {resource}") };
@@ -334,6 +351,37 @@ impl Scanner {
                     let _ = events.send(Event::Serve(r));
                 }
             }
+        }
+    }
+}
+
+impl Scanner {
+    /// Keeps `resource`'s CDI spec file in step with its devices (with `--cdi-spec-dir`): written when its
+    /// content changes, removed when no device has a node.
+    fn write_cdi_spec(&mut self, resource: &str, devices: &[crate::device::Device]) {
+        let Some(dir) = &self.cdi_dir else { return };
+        let spec = crate::cdi::spec(resource, devices);
+        if self.cdi_written.get(resource) == Some(&spec) {
+            return;
+        }
+        let Ok(socket) = endpoint::socket_name(&self.dir, resource) else { return };
+        let name = crate::cdi::file_name(&socket);
+        let result = match &spec {
+            Some(text) => crate::cdi::write_atomically(dir, &name, text),
+            None => crate::cdi::remove(dir, &name),
+        };
+        match result {
+            Ok(()) => {
+                let what = if spec.is_some() { "wrote" } else { "removed" };
+                log::info!("{what} the CDI spec of {resource}: {}", dir.join(&name).display());
+                self.cdi_written.insert(resource.to_string(), spec);
+                self.cdi_failing.remove(resource);
+            }
+            // Not recorded as written: tried again at the next scan.
+            Err(e) if self.cdi_failing.insert(resource.to_string()) => {
+                log::warn!("cannot write the CDI spec of {resource} in {}: {e}; retrying at every scan", dir.display())
+            }
+            Err(e) => log::debug!("cannot write the CDI spec of {resource} in {}: {e}", dir.display()),
         }
     }
 }

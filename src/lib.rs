@@ -18,6 +18,8 @@ pub mod allocation;
 #[cfg(feature = "grpc")]
 pub mod api;
 #[cfg(feature = "grpc")]
+pub mod cdi;
+#[cfg(feature = "grpc")]
 pub mod control;
 #[cfg(feature = "grpc")]
 pub mod daemon;

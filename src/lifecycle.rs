@@ -49,6 +49,8 @@ pub struct Resource {
     pub name: String,
     pub socket_name: String,
     pub registry: SharedRegistry,
+    /// Whether containers get CDI devices (`--cdi-spec-dir`).
+    pub cdi: bool,
 }
 
 impl std::fmt::Debug for Resource {
@@ -117,6 +119,7 @@ struct Endpoint {
     resource: String,
     socket_name: String,
     registry: SharedRegistry,
+    cdi: bool,
     /// The lock that makes the socket ours (see `instance`); None until we own it.
     owner: Option<Ownership>,
     /// Whether a thread waits for another instance to release the socket.
@@ -313,6 +316,7 @@ impl Endpoint {
             resource: resource.name,
             socket_name: resource.socket_name,
             registry: resource.registry,
+            cdi: resource.cdi,
             owner: None,
             waiting: false,
             held_back: false,
@@ -484,6 +488,7 @@ impl Endpoint {
             Arc::clone(&self.registry),
             streams_gone(ctx, &self.resource),
             &self.resource,
+            self.cdi,
             self.generation,
         ) {
             Ok(server) => {

@@ -97,6 +97,7 @@ fn main() -> ExitCode {
         backend,
         routes,
         device_plugin_path: options.device_plugin_path,
+        cdi_spec_dir: options.cdi_spec_dir,
         roots: Roots { sysfs: options.sysfs_root, dev: options.dev_root },
         scan_interval: options.scan_interval,
     };

@@ -29,8 +29,10 @@ struct Service {
     registry: SharedRegistry,
     /// Called with the generation when the kubelet has closed the server's last ListAndWatch stream.
     streams_gone: StreamsGone,
-    /// The resource this server advertises, for the logs.
+    /// The resource this server advertises, for the logs (and the CDI kind).
     resource: Arc<str>,
+    /// Whether containers get CDI devices instead of DeviceSpecs (`--cdi-spec-dir`).
+    cdi: bool,
     generation: u64,
     streams: Arc<Streams>,
 }
@@ -113,7 +115,7 @@ impl api::DevicePlugin for Service {
 
     fn allocate(&mut self, ctx: RpcContext, req: api::AllocateRequest, sink: UnarySink<api::AllocateResponse>) {
         let snapshot = registry::read(&self.registry).snapshot();
-        let result = allocation::allocate(&snapshot, &req);
+        let result = allocation::allocate(&snapshot, &req, self.cdi.then_some(&*self.resource));
         if result.is_ok() {
             for c in &req.container_requests {
                 log::info!("Allocate: container gets {} {}", self.resource, c.devices_ids.join(","));
@@ -249,6 +251,7 @@ impl PluginServer {
         registry: SharedRegistry,
         streams_gone: StreamsGone,
         resource: &str,
+        cdi: bool,
         generation: u64,
     ) -> Result<PluginServer, StartError> {
         let streams = Arc::new(Streams::default());
@@ -256,6 +259,7 @@ impl PluginServer {
             registry: Arc::clone(&registry),
             streams_gone,
             resource: Arc::from(resource),
+            cdi,
             generation,
             streams: Arc::clone(&streams),
         };
