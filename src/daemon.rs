@@ -338,12 +338,13 @@ impl Scanner {
             let count = devices.len();
             // The spec before the list: a container given a device must find it in the spec.
             self.write_cdi_spec(&resource, &devices);
-            let changes = registry::publish(&registry, devices);
-            if !changes.is_empty() {
-                let of = if single { String::new() } else { format!(" of {resource}") };
-                log_changes(&changes, &moved, &of);
-                log::info!("advertising {count} devices{of}");
-            }
+            registry::publish(&registry, devices, |changes| {
+                if !changes.is_empty() {
+                    let of = if single { String::new() } else { format!(" of {resource}") };
+                    log_changes(changes, &moved, &of);
+                    log::info!("advertising {count} devices{of}");
+                }
+            });
             // Announced once its list is in place, so that its first ListAndWatch is not empty.
             if let (true, Some(events)) = (new, &self.events) {
                 if let Some(r) = self.resource(&resource, &registry) {

@@ -149,12 +149,13 @@ pub fn prepare(old: &Snapshot, devices: Vec<Device>) -> (Next, Changes) {
 
 /// Publishes a scan's devices with the write lock held only to swap the snapshot and notify the feeds: the
 /// snapshot is built before, so an Allocate never waits for it. Only the scanner writes, so the snapshot
-/// read first is still the current one when the new one is installed.
-pub fn publish(registry: &SharedRegistry, devices: Vec<Device>) -> Changes {
+/// read first is still the current one when the new one is installed. `before` sees the changes before
+/// any stream does (the scanner logs them there, so that a log line never trails what the kubelet saw).
+pub fn publish(registry: &SharedRegistry, devices: Vec<Device>, before: impl FnOnce(&Changes)) {
     let old = read(registry).snapshot();
     let (next, changes) = prepare(&old, devices);
+    before(&changes);
     write(registry).install(next);
-    changes
 }
 
 /// Reads through a poisoned lock: the registry holds plain data that no panic can leave half-written,

@@ -330,7 +330,7 @@ impl FakeKubelet {
         }
     }
 
-    /// The resources with an open ListAndWatch stream, sorted.
+    /// The resources the kubelet holds a stream of (the latest per resource, open or not), sorted.
     pub fn resources(&self) -> Vec<String> {
         let mut names: Vec<String> = self.shared.lock().streams.keys().cloned().collect();
         names.sort();
