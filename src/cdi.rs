@@ -2,8 +2,16 @@
 //! nodes, describing each advertised device once, so that the runtime injects its nodes when the kubelet
 //! passes `<resource>=<ID>` in `ContainerAllocateResponse.cdi_devices`.
 //!
-//! - `cdiVersion` is [`CDI_VERSION`], "0.5.0": the lowest version whose device-name rules allow a name that
-//!   starts with a digit, as every ID of ours does (PCI addresses `0000:5e:00.0`, AWS units `0`, `1`, …).
+//! - `cdiVersion` is the lowest version that allows what the spec holds ([`version`]): "0.5.0", the first
+//!   whose device names may start with a digit, as every ID of ours does (PCI addresses `0000:5e:00.0`), and
+//!   the first with `deviceNodes[].hostPath`, which we need because the host's `/dev` may be mounted
+//!   elsewhere in our container. "0.6.0" when the class part of the kind holds a dot
+//!   (`vendor.com/fpga.afu`), which 0.6.0 first allowed. These are the rules of the reference
+//!   implementation's `MinimumRequiredVersion` (container-device-interface, `specs-go/version.go`): a
+//!   runtime rejects a spec that declares a lower version than what it uses, and the lowest one that works is
+//!   readable by the most runtimes (podman 4.3 reads 0.5.0).
+//! - The kind must be a valid CDI kind, which is stricter than a Kubernetes resource name: [`check_kind`];
+//!   the command line refuses `--cdi-spec-dir` with a resource name that is not one.
 //! - `kind` is the resource name (`vendor.com/class`), `devices[].name` the device ID, and
 //!   `containerEdits.deviceNodes` the device's node (`path` in the container, `hostPath` on the host,
 //!   permissions `rw`, as the DeviceSpecs without CDI).
@@ -12,14 +20,41 @@
 //! - Files are written atomically (a temporary file in the directory, then rename) with mode 0644, and only
 //!   when their content changes. They are named like our sockets (`k8s-accel-….json`); other files in the
 //!   directory are never touched.
+//! - A file of ours that no running instance serves any more (a resource of an earlier configuration, a
+//!   temporary file left by a crash) is removed: [`stale`] finds them, the daemon removes them once the
+//!   instance that wrote them has stopped (its socket lock is free).
 
 use crate::device::Device;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// The CDI spec version written (see the module documentation).
-pub const CDI_VERSION: &str = "0.5.0";
+/// The lowest CDI spec version that allows a spec of `kind` with our devices (see the module documentation).
+pub fn version(kind: &str) -> &'static str {
+    match kind.split_once('/') {
+        Some((_, class)) if class.contains('.') => "0.6.0",
+        _ => "0.5.0",
+    }
+}
+
+/// Whether `kind` (a resource name) is a valid CDI kind `vendor/class`: the vendor letters, digits, `_`,
+/// `-` and `.`, the class the same (`.` from CDI 0.6.0), each starting with a letter and ending with a
+/// letter or digit. Kubernetes also takes names that start with a digit, which CDI refuses. Err: why not.
+pub fn check_kind(kind: &str) -> Result<(), String> {
+    let (vendor, class) = kind.split_once('/').ok_or_else(|| format!("{kind:?} is not vendor/class"))?;
+    for (what, part) in [("vendor", vendor), ("class", class)] {
+        let ok = part.bytes().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && part.bytes().last().is_some_and(|c| c.is_ascii_alphanumeric())
+            && part.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
+        if !ok {
+            return Err(format!(
+                "{kind:?} is not a CDI device kind: its {what} {part:?} must start with a letter, end with a letter \
+                 or digit and hold only letters, digits, _, - and ."
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The spec document for `resource` and its devices; None when no device has a node.
 pub fn spec(resource: &str, devices: &[Device]) -> Option<String> {
@@ -38,7 +73,7 @@ pub fn spec(resource: &str, devices: &[Device]) -> Option<String> {
     if entries.is_empty() {
         return None;
     }
-    let doc = serde_json::json!({"cdiVersion": CDI_VERSION, "kind": resource, "devices": entries});
+    let doc = serde_json::json!({"cdiVersion": version(resource), "kind": resource, "devices": entries});
     serde_json::to_string_pretty(&doc).ok().map(|mut s| {
         s.push('\n');
         s
@@ -68,12 +103,33 @@ pub fn write_atomically(dir: &Path, name: &str, content: &str) -> std::io::Resul
     result
 }
 
-/// Removes our spec file `name` from `dir` (its resource has no device node any more); absent is fine.
-pub fn remove(dir: &Path, name: &str) -> std::io::Result<()> {
+/// Removes our spec file `name` from `dir`. Ok(false): it was not there.
+pub fn remove(dir: &Path, name: &str) -> std::io::Result<bool> {
     match std::fs::remove_file(dir.join(name)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
+}
+
+/// The files of ours in `dir` that are not among `current` (the spec files this process keeps), each with
+/// the socket name of the resource it was written for: spec files `k8s-accel-….json` and temporary files
+/// `.k8s-accel-….json.tmp`. Whether one is stale depends on whether an instance still serves that socket,
+/// which the caller checks. An unreadable directory gives none.
+pub fn stale(dir: &Path, current: &[String]) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(String, String)> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| !current.contains(name))
+        .filter_map(|name| {
+            let spec = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).unwrap_or(&name);
+            let stem = spec.strip_suffix(".json").filter(|s| s.starts_with("k8s-accel-"))?;
+            let socket = format!("{stem}.sock");
+            Some((name, socket))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The CDI device name of a device: `<resource>=<ID>`, as `cdi_devices` carries it.
@@ -102,6 +158,9 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(doc["cdiVersion"], "0.5.0");
         assert_eq!(doc["kind"], "b-com.com/accelerator");
+        let dotted: serde_json::Value =
+            serde_json::from_str(&spec("e.com/fpga.afu", &[dev("0", Some("dfl-port.0"))]).unwrap()).unwrap();
+        assert_eq!(dotted["cdiVersion"], "0.6.0", "a dot in the class needs 0.6.0");
         assert_eq!(doc["devices"].as_array().unwrap().len(), 1);
         assert_eq!(doc["devices"][0]["name"], "0000:5e:00.0");
         let node = &doc["devices"][0]["containerEdits"]["deviceNodes"][0];
@@ -123,8 +182,44 @@ mod tests {
         assert_eq!(names, ["a.json"]);
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::metadata(dir.path().join("a.json")).unwrap().mode() & 0o777, 0o644);
-        remove(dir.path(), "a.json").unwrap();
-        remove(dir.path(), "a.json").unwrap();
+        assert!(remove(dir.path(), "a.json").unwrap());
+        assert!(!remove(dir.path(), "a.json").unwrap(), "already gone");
         assert!(write_atomically(&dir.path().join("missing"), "a.json", "{}").is_err());
+    }
+
+    #[test]
+    fn kinds_that_cdi_refuses() {
+        for ok in ["b-com.com/accelerator", "intel.com/afu-d8424dc4", "e.com/fpga.afu", "a/b", "A_b.c/D-9"] {
+            assert_eq!(check_kind(ok), Ok(()), "{ok}");
+        }
+        // Valid Kubernetes resource names all.
+        for bad in ["1e.com/acc", "e.com/9acc", "e.com/acc-", "e.com/_acc", "e.com-/acc"] {
+            let e = check_kind(bad).unwrap_err();
+            assert!(e.contains("is not a CDI device kind"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn stale_candidates_are_ours_and_not_current() {
+        let dir = crate::sim::TempDir::new("cdi").unwrap();
+        for name in [
+            "k8s-accel-b-com.com_accelerator.json",
+            "k8s-accel-e.com_afu-1.json",
+            ".k8s-accel-e.com_afu-2.json.tmp",
+            "vendor.com-gpu.json",
+            "k8s-accel-notes.txt",
+            ".vendor.json.tmp",
+        ] {
+            std::fs::write(dir.path().join(name), "{}").unwrap();
+        }
+        let current = vec!["k8s-accel-b-com.com_accelerator.json".to_string()];
+        assert_eq!(
+            stale(dir.path(), &current),
+            [
+                (".k8s-accel-e.com_afu-2.json.tmp".to_string(), "k8s-accel-e.com_afu-2.sock".to_string()),
+                ("k8s-accel-e.com_afu-1.json".to_string(), "k8s-accel-e.com_afu-1.sock".to_string()),
+            ]
+        );
+        assert!(stale(&dir.path().join("absent"), &current).is_empty());
     }
 }

@@ -221,6 +221,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             }
         }
     }
+    // With CDI, every resource name is also a CDI kind, which CDI's rules must accept (auto names
+    // `<domain>/afu-<hex>` are then valid too: their class starts with a letter).
+    if opts.cdi_spec_dir.is_some() {
+        for name in std::iter::once(&opts.resource_name).chain(opts.afu_resources.iter().map(|(n, _)| n)) {
+            crate::cdi::check_kind(name).map_err(|why| UsageError(format!("--cdi-spec-dir: {why}")))?;
+        }
+    }
     Ok(if probe { Command::Probe(opts) } else { Command::Run(opts) })
 }
 
@@ -408,6 +415,11 @@ mod tests {
                     "example.com/b=D8424DC4-A4A3-C413-F89E-433683F9040B",
                 ],
                 "already given to example.com/a",
+            ),
+            (&["--cdi-spec-dir", "/var/run/cdi", "--resource-name", "1e.com/acc"], "vendor \"1e.com\" must start"),
+            (
+                &["--afu-resource", "e.com/9gz=d8424dc4a4a3c413f89e433683f9040b", "--cdi-spec-dir", "/var/run/cdi"],
+                "is not a CDI device kind",
             ),
         ] {
             let e = run(args).unwrap_err();

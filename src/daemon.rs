@@ -77,6 +77,7 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
         cdi_dir: settings.cdi_spec_dir.clone(),
         cdi_written: HashMap::new(),
         cdi_failing: HashSet::new(),
+        cdi_stale_left: settings.cdi_spec_dir.is_some(),
     };
     scanner.scan();
 
@@ -248,8 +249,12 @@ struct Scanner {
     /// `--cdi-spec-dir`, and the spec last written for each resource (None: no file).
     cdi_dir: Option<PathBuf>,
     cdi_written: HashMap<String, Option<String>>,
-    /// Resources whose spec could not be written: the failure is logged once, then retried quietly.
+    /// Resources whose spec could not be written, and stale files that could not be removed: the failure is
+    /// logged once, then retried quietly.
     cdi_failing: HashSet<String>,
+    /// Whether spec files of ours that this process does not keep may still be in the CDI directory: looked
+    /// for at every scan until none is left (an older instance may still serve them at first).
+    cdi_stale_left: bool,
 }
 
 impl Scanner {
@@ -353,6 +358,9 @@ impl Scanner {
                 }
             }
         }
+        if self.cdi_stale_left {
+            self.remove_stale_cdi_specs();
+        }
     }
 }
 
@@ -368,13 +376,14 @@ impl Scanner {
         let Ok(socket) = endpoint::socket_name(&self.dir, resource) else { return };
         let name = crate::cdi::file_name(&socket);
         let result = match &spec {
-            Some(text) => crate::cdi::write_atomically(dir, &name, text),
-            None => crate::cdi::remove(dir, &name),
+            Some(text) => crate::cdi::write_atomically(dir, &name, text).map(|()| Some("wrote")),
+            None => crate::cdi::remove(dir, &name).map(|removed| removed.then_some("removed")),
         };
         match result {
-            Ok(()) => {
-                let what = if spec.is_some() { "wrote" } else { "removed" };
-                log::info!("{what} the CDI spec of {resource}: {}", dir.join(&name).display());
+            Ok(done) => {
+                if let Some(what) = done {
+                    log::info!("{what} the CDI spec of {resource}: {}", dir.join(&name).display());
+                }
                 self.cdi_written.insert(resource.to_string(), spec);
                 self.cdi_failing.remove(resource);
             }
@@ -384,6 +393,39 @@ impl Scanner {
             }
             Err(e) => log::debug!("cannot write the CDI spec of {resource} in {}: {e}", dir.display()),
         }
+    }
+}
+
+impl Scanner {
+    /// Removes the spec files of ours that this process does not keep and no running instance serves (their
+    /// socket's lock is free): a resource of an earlier configuration, a temporary file left by a crash. One
+    /// that another instance still serves (a rolling update) is looked at again at the next scan.
+    fn remove_stale_cdi_specs(&mut self) {
+        let Some(dir) = &self.cdi_dir else { return };
+        let sockets: Vec<String> =
+            self.registries.keys().filter_map(|r| endpoint::socket_name(&self.dir, r).ok()).collect();
+        let current: Vec<String> = sockets.iter().map(|socket| crate::cdi::file_name(socket)).collect();
+        let mut left = false;
+        for (file, socket) in crate::cdi::stale(dir, &current) {
+            // A temporary file of one of our own specs is a crash's leftover: this thread writes them, and
+            // is here. Another socket's file waits while its lock is held.
+            if !sockets.contains(&socket) && crate::instance::is_held(&self.dir, &socket) {
+                left = true;
+                continue;
+            }
+            match std::fs::remove_file(dir.join(&file)) {
+                Ok(()) => log::info!("removed {}: no running instance serves {socket}", dir.join(&file).display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Retried at every scan, logged once (file names never clash with resource names: no `/`).
+                Err(e) => {
+                    left = true;
+                    if self.cdi_failing.insert(file.clone()) {
+                        log::warn!("cannot remove the stale CDI spec {}: {e}; retrying", dir.join(&file).display());
+                    }
+                }
+            }
+        }
+        self.cdi_stale_left = left;
     }
 }
 

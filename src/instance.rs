@@ -139,6 +139,25 @@ pub fn has_lock_file(dir: &Path, socket_name: &str) -> bool {
     endpoint::lock_path(dir, socket_name).exists()
 }
 
+/// Whether some process holds the lock of `socket_name` in `dir` now (a missing lock file: nobody does). It
+/// tries a shared lock without waiting and drops it at once; a lock file it cannot open counts as held, so
+/// that what cannot be checked is left alone.
+pub fn is_held(dir: &Path, socket_name: &str) -> bool {
+    let file = match File::open(endpoint::lock_path(dir, socket_name)) {
+        Ok(file) => file,
+        Err(e) => return e.kind() != io::ErrorKind::NotFound,
+    };
+    loop {
+        // SAFETY: plain syscall on a descriptor we own; closing it (drop) releases the lock.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return false;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return true;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +174,8 @@ mod tests {
         assert!(matches!(claim(dir.path(), "k8s-accel-x.sock", "e.com/x").unwrap(), Claim::Locked));
         assert!(has_lock_file(dir.path(), "k8s-accel-x.sock"));
         assert!(!has_lock_file(dir.path(), "k8s-accel-y.sock"));
+        assert!(is_held(dir.path(), "k8s-accel-x.sock"));
+        assert!(!is_held(dir.path(), "k8s-accel-y.sock"), "no lock file: nobody");
         // Another socket is another lock.
         assert!(matches!(claim(dir.path(), "k8s-accel-y.sock", "e.com/y").unwrap(), Claim::Owned(_)));
 
@@ -165,6 +186,8 @@ mod tests {
         drop(first);
         let path = waiter.join().unwrap().unwrap();
         assert_eq!(path, dir.path().join("k8s-accel-locks/k8s-accel-x.lock"));
+        // The waiter's ownership was dropped with its thread: the file is there, and free.
+        assert!(!is_held(dir.path(), "k8s-accel-x.sock"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Rig, WAIT};
 use k8s_accelerator_devplugin::api;
-use k8s_accelerator_devplugin::sim::{Fme, TempDir};
+use k8s_accelerator_devplugin::sim::{Fme, SimNode, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -145,4 +145,127 @@ fn aws_units_have_no_cdi_device() {
     assert!(resp.container_responses[0].cdi_devices.is_empty());
     assert_eq!(resp.container_responses[0].envs["ACCELERATOR_UNITS"], "1");
     assert_eq!(std::fs::read_dir(cdi.path()).unwrap().count(), 0, "no spec for units without device nodes");
+}
+
+#[test]
+fn a_resource_name_that_is_no_cdi_kind_exits_2() {
+    let out =
+        common::command(&["--cdi-spec-dir", "/var/run/cdi", "--resource-name", "example.com/2fpga"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("\"example.com/2fpga\" is not a CDI device kind"), "{stderr}");
+}
+
+#[test]
+fn stale_specs_are_removed_once_no_instance_serves_them() {
+    let rig = Rig::new();
+    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let cdi = TempDir::new("cdi").unwrap();
+    // An earlier configuration's resource, a temporary file left by a crash, a spec of a resource that a
+    // running instance still serves (its lock held), and another vendor's files.
+    let put = |name: &str| std::fs::write(cdi.path().join(name), "{}\n").unwrap();
+    for name in [
+        "k8s-accel-e.com_old.json",
+        ".k8s-accel-b-com.com_accelerator.json.tmp",
+        "k8s-accel-e.com_served.json",
+        "vendor.com-gpu.json",
+        ".vendor.com-gpu.json.tmp",
+    ] {
+        put(name);
+    }
+    let locks = rig.dir().join("k8s-accel-locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let held = std::fs::File::create(locks.join("k8s-accel-e.com_served.lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+
+    let p = rig.plugin(&["--cdi-spec-dir", cdi.path().to_str().unwrap()]);
+    rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> =
+            std::fs::read_dir(cdi.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        n.sort();
+        n
+    };
+    let without_served = [".vendor.com-gpu.json.tmp", SPEC, "vendor.com-gpu.json"];
+    let with_served = [".vendor.com-gpu.json.tmp", SPEC, "k8s-accel-e.com_served.json", "vendor.com-gpu.json"];
+    assert!(common::wait_until(WAIT, || names() == with_served), "{:?}\n{}", names(), p.log());
+    assert!(p.log().contains("no running instance serves k8s-accel-e.com_old.sock"), "{}", p.log());
+
+    // The instance serving it stops: gone at the next scan (SIGHUP rescans).
+    drop(held);
+    p.signal(libc::SIGHUP);
+    assert!(common::wait_until(WAIT, || names() == without_served), "{:?}\n{}", names(), p.log());
+}
+
+/// The local image `K8S_ACCEL_TEST_PODMAN_IMAGE`, whose entrypoint is a busybox (CI builds one from Debian's
+/// busybox-static); None, with a message, without it.
+fn podman_image() -> Option<String> {
+    let image = std::env::var("K8S_ACCEL_TEST_PODMAN_IMAGE").ok();
+    if image.is_none() {
+        eprintln!("skipping: set K8S_ACCEL_TEST_PODMAN_IMAGE to a local busybox image to run podman");
+    }
+    image
+}
+
+/// `podman run --device <each of devices> IMAGE stat -c '%F %t:%T' PATH`: podman 4.3 reads CDI specs only
+/// from /etc/cdi and /var/run/cdi, so it runs in a mount namespace of its own where `cdi_dir` is mounted at
+/// /var/run/cdi (the host's directory is left alone). The limits and runc are what this sandbox needs.
+fn podman_stat(image: &str, cdi_dir: &Path, devices: &[String], path: &str) -> (bool, String) {
+    const SCRIPT: &str = "mkdir -p /run/cdi && mount --bind \"$1\" /run/cdi && shift && exec podman \"$@\"";
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", SCRIPT, "sh"]).arg(cdi_dir);
+    cmd.args(["--runtime", "runc", "run", "--rm", "--network", "none", "--pull", "never"]);
+    cmd.args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
+    for d in devices {
+        cmd.args(["--device", d]);
+    }
+    cmd.args([image, "stat", "-c", "%F %t:%T", path]);
+    let out = cmd.output().expect("run unshare and podman");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text.trim().to_string())
+}
+
+fn cdi_names(rig: &Rig, ids: &[&str]) -> Vec<String> {
+    let mut req = api::AllocateRequest::new();
+    let mut c = api::ContainerAllocateRequest::new();
+    c.devices_ids = ids.iter().map(|s| s.to_string()).collect();
+    req.container_requests.push(c);
+    let resp = rig.client().allocate(&req).unwrap();
+    resp.container_responses[0].cdi_devices.iter().map(|d| d.name.clone()).collect()
+}
+
+#[test]
+fn podman_injects_the_nodes_that_allocate_names() {
+    let Some(image) = podman_image() else { return };
+    let rig = Rig::on(SimNode::with_char_devices().expect("mknod needs root"));
+    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let cdi = TempDir::new("cdi").unwrap();
+    let p = rig.plugin(&["--cdi-spec-dir", cdi.path().to_str().unwrap()]);
+    // Healthy: the character device's number matches the port's (510:0).
+    rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
+    let first = cdi_names(&rig, &["0000:5e:00.0"]);
+    assert_eq!(first, ["b-com.com/accelerator=0000:5e:00.0"]);
+    let (ok, out) = podman_stat(&image, cdi.path(), &first, "/dev/intel-fpga-port.0");
+    assert!(ok, "{out}\n{}", p.log());
+    assert_eq!(out, "character special file 1fe:0", "510:0 in the container");
+
+    // A name the spec does not describe: the runtime refuses the container.
+    let (ok, out) = podman_stat(&image, cdi.path(), &["b-com.com/accelerator=0000:99:00.0".into()], "/dev");
+    assert!(!ok, "{out}");
+    assert!(out.contains("unresolvable CDI devices"), "{out}");
+
+    // Hotplug: once ListAndWatch shows a port, a container can get it; once it is gone, none can.
+    rig.node.dfl_card("0000:86:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(1, 0)]).unwrap();
+    rig.wait_list(&[("0000:5e:00.0", "Healthy"), ("0000:86:00.0", "Healthy")]);
+    let both = cdi_names(&rig, &["0000:86:00.0", "0000:5e:00.0"]);
+    let (ok, out) = podman_stat(&image, cdi.path(), &both, "/dev/dfl-port.1");
+    assert!(ok, "{out}\n{}", p.log());
+    assert_eq!(out, "character special file 1fe:1");
+    rig.node.remove_function("0000:5e:00.0").unwrap();
+    rig.wait_list(&[("0000:86:00.0", "Healthy")]);
+    let (ok, out) = podman_stat(&image, cdi.path(), &first, "/dev/intel-fpga-port.0");
+    assert!(!ok && out.contains("unresolvable CDI devices"), "{out}");
 }

@@ -5,7 +5,8 @@
 //! `docker exec`, and stop with exit code 0 on `docker stop` within the pod's grace period.
 //!
 //! Needs a docker engine and the image, so it runs only when CI says where things are:
-//! - `K8S_ACCEL_TEST_MANIFESTS`: a directory with `aws.json` and `intel.json`, the rendered overlays as JSON
+//! - `K8S_ACCEL_TEST_MANIFESTS`: a directory with `<flavour>.json` for the aws, intel, intel-afu and
+//!   intel-cdi flavours, the rendered overlays as JSON
 //!   (`kubectl kustomize deploy/overlays/<flavour>` converted from YAML);
 //! - the image named in the manifests must exist in the local docker engine (`./build.sh image --binary`).
 //!
@@ -268,6 +269,7 @@ impl Host {
             "/var/lib/kubelet/device-plugins" => self.dir.path().to_path_buf(),
             "/sys" => self.node.sysfs(),
             "/dev" => self.node.dev(),
+            "/var/run/cdi" => self.node.root().join("cdi"),
             other => panic!("the manifest mounts {other}, which this test does not simulate: add it"),
         }
     }
@@ -293,10 +295,13 @@ impl Host {
         assert_eq!(spec.seccomp, "RuntimeDefault", "the manifests ask for the runtime's default seccomp profile");
         for (host, kind, container, read_only) in &spec.mounts {
             let on_host = self.map(host);
-            // Kubernetes refuses to start a pod whose hostPath of type Directory is missing; docker would
-            // create it.
-            assert_eq!(kind, "Directory", "hostPath type of {host}");
-            assert!(on_host.is_dir(), "{} is a directory", on_host.display());
+            // Kubernetes refuses to start a pod whose hostPath of type Directory is missing (docker would
+            // create it), and creates one of type DirectoryOrCreate.
+            match kind.as_str() {
+                "Directory" => assert!(on_host.is_dir(), "{} is a directory", on_host.display()),
+                "DirectoryOrCreate" => std::fs::create_dir_all(&on_host).unwrap(),
+                other => panic!("hostPath type {other} of {host}: add it to tests/container.rs"),
+            }
             let ro = if *read_only { ":ro" } else { "" };
             args.extend(["-v".into(), format!("{}:{container}{ro}", on_host.display())]);
         }
@@ -388,28 +393,61 @@ fn run_flavour(flavour: &str) {
 
     // Allocates: the environment, and for Intel the device nodes with host paths that are right on the host.
     let client = host.kubelet.plugin_for(resource).expect("a client");
-    if intel {
+    // The host path the plugin hands over is a container path under a host mount: through the manifest's
+    // volume it must name the node on the host.
+    let check_host_path = |host_path: &str| {
+        let (host_dir, _, mount, _) = spec
+            .mounts
+            .iter()
+            .find(|(_, _, m, _)| Path::new(host_path).starts_with(m))
+            .unwrap_or_else(|| panic!("{host_path} is under no host mount"));
+        let on_host = Path::new(host_dir).join(Path::new(host_path).strip_prefix(mount).unwrap());
+        assert_eq!(on_host, Path::new(host_path), "the manifest mounts the host's /dev at /dev");
+        let in_simulation = host.map(host_dir).join(Path::new(host_path).strip_prefix(mount).unwrap());
+        assert!(in_simulation.exists(), "{} exists on the (simulated) host", in_simulation.display());
+    };
+    let want_nodes = [("/dev/dfl-port.1", "/dev/dfl-port.1"), ("/dev/intel-fpga-port.0", "/dev/intel-fpga-port.0")];
+    if let (true, Some(cdi_dir)) = (intel, &options.cdi_spec_dir) {
+        // CDI: names in Allocate, the nodes in the spec that the runtime on the host reads.
+        let c = allocate(&client, &["0000:86:00.0", "0000:5e:00.0"]);
+        assert_eq!(c.envs["ACCELERATOR_UNITS"], "0000:86:00.0,0000:5e:00.0");
+        assert!(c.devices.is_empty(), "no DeviceSpecs with CDI");
+        let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, [format!("{resource}=0000:86:00.0"), format!("{resource}=0000:5e:00.0")]);
+        let (host_dir, _, _, read_only) = spec
+            .mounts
+            .iter()
+            .find(|(_, _, m, _)| Path::new(m) == cdi_dir)
+            .unwrap_or_else(|| panic!("the manifest mounts no host directory at {}", cdi_dir.display()));
+        assert!(!read_only, "the CDI directory is written");
+        assert_eq!(Path::new(host_dir), cdi_dir, "the runtime reads the host's {host_dir}");
+        let file = host.map(host_dir).join("k8s-accel-b-com.com_accelerator.json");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("the spec")).expect("JSON");
+        assert_eq!(doc["kind"], resource.as_str());
+        let mut nodes: Vec<(String, String)> = doc["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .map(|d| {
+                let n = &d["containerEdits"]["deviceNodes"][0];
+                (n["path"].as_str().unwrap().to_string(), n["hostPath"].as_str().unwrap().to_string())
+            })
+            .collect();
+        nodes.sort();
+        let want: Vec<(String, String)> = want_nodes.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        assert_eq!(nodes, want);
+        for (_, host_path) in &nodes {
+            check_host_path(host_path);
+        }
+    } else if intel {
         assert_eq!(devices.len(), 2, "both simulated ports in {resource}");
         let c = allocate(&client, &["0000:86:00.0", "0000:5e:00.0"]);
         assert_eq!(c.envs["ACCELERATOR_UNITS"], "0000:86:00.0,0000:5e:00.0");
         let nodes: Vec<(&str, &str)> =
             c.devices.iter().map(|d| (d.container_path.as_str(), d.host_path.as_str())).collect();
-        assert_eq!(
-            nodes,
-            [("/dev/dfl-port.1", "/dev/dfl-port.1"), ("/dev/intel-fpga-port.0", "/dev/intel-fpga-port.0")]
-        );
+        assert_eq!(nodes, want_nodes);
         for d in &c.devices {
-            // The host path the plugin hands over is a container path under a host mount: through the
-            // manifest's volume it must name the node on the host.
-            let (host_dir, _, mount, _) = spec
-                .mounts
-                .iter()
-                .find(|(_, _, m, _)| Path::new(&d.host_path).starts_with(m))
-                .unwrap_or_else(|| panic!("{} is under no host mount", d.host_path));
-            let on_host = Path::new(host_dir).join(Path::new(&d.host_path).strip_prefix(mount).unwrap());
-            assert_eq!(on_host, Path::new(&d.host_path), "the manifest mounts the host's /dev at /dev");
-            let in_simulation = host.map(host_dir).join(Path::new(&d.host_path).strip_prefix(mount).unwrap());
-            assert!(in_simulation.exists(), "{} exists on the (simulated) host", in_simulation.display());
+            check_host_path(&d.host_path);
         }
     } else {
         let c = allocate(&client, &["3", "1"]);
@@ -465,4 +503,9 @@ fn the_intel_daemonset_runs_under_docker() {
 #[test]
 fn the_intel_afu_example_runs_under_docker() {
     run_flavour("intel-afu");
+}
+
+#[test]
+fn the_intel_cdi_daemonset_runs_under_docker() {
+    run_flavour("intel-cdi");
 }

@@ -183,7 +183,7 @@ fn no_driver_means_aws_and_aws_units_are_numbered() {
 fn a_character_device_with_another_number_is_not_the_port() {
     let node = SimNode::new().unwrap();
     node.dfl_card("0000:3b:00.0", 0, 0, None, &[(0, 0)]).unwrap();
-    // SimNode writes the port's sysfs `dev` as 510:<id>; replace its stand-in node with real device nodes.
+    // SimNode writes the sysfs `dev` of port K as 510:K; replace its stand-in node with real device nodes.
     let path = node.dev().join("dfl-port.0");
     let mknod = |major: u32, minor: u32| {
         let _ = fs::remove_file(&path);

@@ -35,6 +35,8 @@ impl Drop for TempDir {
 /// A simulated node: `<root>/sys` and `<root>/dev`.
 pub struct SimNode {
     root: TempDir,
+    /// Whether ports and FMEs get real character devices (`with_char_devices`) instead of plain files.
+    char_devices: bool,
 }
 
 /// An FPGA card's FME: its instance number and how many ports it reports.
@@ -55,7 +57,14 @@ impl SimNode {
         let root = TempDir::new("simnode")?;
         fs::create_dir_all(root.path().join("sys/devices"))?;
         fs::create_dir_all(root.path().join("dev"))?;
-        Ok(SimNode { root })
+        Ok(SimNode { root, char_devices: false })
+    }
+
+    /// A node whose ports and FMEs get real character devices, with the numbers in their sysfs `dev`
+    /// attribute, for a runtime that looks at them (a CDI runtime creates the same node in the container).
+    /// Needs the right to `mknod` (root).
+    pub fn with_char_devices() -> io::Result<SimNode> {
+        Ok(SimNode { char_devices: true, ..SimNode::new()? })
     }
 
     pub fn root(&self) -> &Path {
@@ -96,7 +105,7 @@ impl SimNode {
         if let Some(fme) = fme {
             self.fme(&container.join(format!("intel-fpga-fme.{}", fme.instance)), fme, "intel-fpga-fme")?;
         }
-        ports.iter().map(|&(k, id)| self.port(&container, &format!("intel-fpga-port.{k}"), id)).collect()
+        ports.iter().map(|&(k, id)| self.port(&container, &format!("intel-fpga-port.{k}"), k, id)).collect()
     }
 
     /// A DFL-driver card: `<fn>/fpga_region/region<region>/` with an optional FME (and its PR region, which
@@ -125,7 +134,7 @@ impl SimNode {
             fs::create_dir_all(&pr_region)?;
             symlink_rel(&pr_region, &self.sysfs().join(format!("class/fpga_region/region{pr}")))?;
         }
-        ports.iter().map(|&(k, id)| self.port(&container, &format!("dfl-port.{k}"), id)).collect()
+        ports.iter().map(|&(k, id)| self.port(&container, &format!("dfl-port.{k}"), k, id)).collect()
     }
 
     /// A class device below a PCI function (`<fn>/<below>`, with its `device` link) and its class link.
@@ -166,19 +175,20 @@ impl SimNode {
         write(&dir.join("ports_num"), &format!("{}\n", fme.ports_num))?;
         write(&dir.join("bitstream_id"), "0x2300011001030f\n")?;
         write(&dir.join("dev"), &format!("{}:{}\n", 509, fme.instance))?;
-        self.add_node(&format!("{node_prefix}.{}", fme.instance))
+        self.device_node(&format!("{node_prefix}.{}", fme.instance), 509, fme.instance)
     }
 
-    fn port(&self, container: &Path, name: &str, id: u32) -> io::Result<PathBuf> {
+    /// Port `name` (instance K, the minor of its device node, as the drivers number them) with `id`.
+    fn port(&self, container: &Path, name: &str, k: u32, id: u32) -> io::Result<PathBuf> {
         let dir = container.join(name);
         fs::create_dir_all(dir.join("errors"))?;
         write(&dir.join("id"), &format!("{id}\n"))?;
         write(&dir.join("afu_id"), &format!("{AFU_ID}\n"))?;
         write(&dir.join("power_state"), "0\n")?;
-        write(&dir.join("dev"), &format!("{}:{}\n", 510, id))?;
+        write(&dir.join("dev"), &format!("{}:{}\n", 510, k))?;
         write(&dir.join("errors/errors"), "0x0\n")?;
         write(&dir.join("errors/first_error"), "0x0\n")?;
-        self.add_node(name)?;
+        self.device_node(name, 510, k)?;
         Ok(dir)
     }
 
@@ -190,6 +200,19 @@ impl SimNode {
     /// Creates `<dev>/<name>` (a plain file stands in for the character device).
     pub fn add_node(&self, name: &str) -> io::Result<()> {
         write(&self.dev().join(name), "")
+    }
+
+    /// The device node of a port or FME: a plain file, or a character device `major:minor`.
+    fn device_node(&self, name: &str, major: u32, minor: u32) -> io::Result<()> {
+        if !self.char_devices {
+            return self.add_node(name);
+        }
+        let path = std::ffi::CString::new(self.dev().join(name).into_os_string().into_encoded_bytes())?;
+        // SAFETY: a valid NUL-terminated path; mknod creates a file and touches no memory of ours.
+        if unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     pub fn remove_node(&self, name: &str) -> io::Result<()> {

@@ -159,7 +159,11 @@ pub struct Rig {
 
 impl Rig {
     pub fn new() -> Rig {
-        let node = k8s_accelerator_devplugin::sim::SimNode::new().expect("simulated node");
+        Rig::on(k8s_accelerator_devplugin::sim::SimNode::new().expect("simulated node"))
+    }
+
+    /// The fixture around a given node (e.g. one with real character devices).
+    pub fn on(node: k8s_accelerator_devplugin::sim::SimNode) -> Rig {
         let dir = TempDir::new("kubelet").expect("kubelet dir");
         let kubelet = k8s_accelerator_devplugin::sim::FakeKubelet::start(dir.path()).expect("fake kubelet");
         Rig { node, kubelet, dir }
