@@ -4,12 +4,12 @@
 //!
 //! - `cdiVersion` is the lowest version that allows what the spec holds ([`version`]): "0.5.0", the first
 //!   whose device names may start with a digit, as every ID of ours does (PCI addresses `0000:5e:00.0`), and
-//!   the first with `deviceNodes[].hostPath`, which we need because the host's `/dev` may be mounted
-//!   elsewhere in our container. "0.6.0" when the class part of the kind holds a dot
-//!   (`vendor.com/fpga.afu`), which 0.6.0 first allowed. These are the rules of the reference
-//!   implementation's `MinimumRequiredVersion` (container-device-interface, `specs-go/version.go`): a
-//!   runtime rejects a spec that declares a lower version than what it uses, and the lowest one that works is
-//!   readable by the most runtimes (podman 4.3 reads 0.5.0).
+//!   the first with `deviceNodes[].hostPath` (we write it, like DeviceSpec's `host_path`, from
+//!   `--dev-root`). "0.6.0" when the class part of the kind holds a dot (`vendor.com/fpga.afu`), which 0.6.0
+//!   first allowed. These are the rules of the reference implementation's `MinimumRequiredVersion`
+//!   (container-device-interface, `specs-go/version.go`): a runtime rejects a spec that declares a lower
+//!   version than what it uses, and the lowest one that works is readable by the most runtimes (podman 4.3
+//!   reads 0.5.0, and takes a dotted class for no CDI name at all).
 //! - The kind must be a valid CDI kind, which is stricter than a Kubernetes resource name: [`check_kind`];
 //!   the command line refuses `--cdi-spec-dir` with a resource name that is not one.
 //! - `kind` is the resource name (`vendor.com/class`), `devices[].name` the device ID, and
@@ -18,16 +18,20 @@
 //! - Devices without a device node (AWS units) get no CDI device, and a resource with none gets no file: a
 //!   CDI device must edit the container, and an empty edit would only make the runtime look for nothing.
 //! - Files are written atomically (a temporary file in the directory, then rename) with mode 0644, and only
-//!   when their content changes. They are named like our sockets (`k8s-accel-….json`); other files in the
-//!   directory are never touched.
+//!   when their content changes or the file on disk is not what we wrote (removed or overwritten by hand).
+//!   They are named like our sockets (`k8s-accel-….json`); other files in the directory are never touched.
+//! - Only the instance that owns a resource's socket writes its file ([`SpecFile`]): during a rolling
+//!   update the waiting instance, whose devices or routing may differ, leaves the serving one's file alone.
+//!   Allocate names CDI devices only while the file describes the devices it advertises; otherwise it
+//!   fails with UNAVAILABLE and the reason, rather than naming devices the runtime could not resolve.
 //! - A file of ours that no running instance serves any more (a resource of an earlier configuration, a
 //!   temporary file left by a crash) is removed: [`stale`] finds them, the daemon removes them once the
 //!   instance that wrote them has stopped (its socket lock is free).
 
-use crate::device::Device;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 /// The lowest CDI spec version that allows a spec of `kind` with our devices (see the module documentation).
 pub fn version(kind: &str) -> &'static str {
@@ -57,7 +61,8 @@ pub fn check_kind(kind: &str) -> Result<(), String> {
 }
 
 /// The spec document for `resource` and its devices; None when no device has a node.
-pub fn spec(resource: &str, devices: &[Device]) -> Option<String> {
+#[cfg(feature = "grpc")]
+pub fn spec(resource: &str, devices: &[crate::device::Device]) -> Option<String> {
     let entries: Vec<serde_json::Value> = devices
         .iter()
         .filter_map(|d| {
@@ -74,6 +79,7 @@ pub fn spec(resource: &str, devices: &[Device]) -> Option<String> {
         return None;
     }
     let doc = serde_json::json!({"cdiVersion": version(resource), "kind": resource, "devices": entries});
+    // Serialising a Value whose keys are all strings cannot fail.
     serde_json::to_string_pretty(&doc).ok().map(|mut s| {
         s.push('\n');
         s
@@ -89,7 +95,7 @@ pub fn file_name(socket_name: &str) -> String {
 /// temporary file is removed if any step fails.
 pub fn write_atomically(dir: &Path, name: &str, content: &str) -> std::io::Result<()> {
     let target = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = dir.join(temporary_name(name));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
         f.write_all(content.as_bytes())?;
@@ -132,15 +138,155 @@ pub fn stale(dir: &Path, current: &[String]) -> Vec<(String, String)> {
     out
 }
 
+/// Which file is at a path, and what was last done to it: device, inode, size, change time. A file
+/// removed, replaced or rewritten in place since we wrote it has another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId(u64, u64, u64, i64, i64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| FileId(m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec()))
+}
+
+/// One resource's spec file, shared by the scanner (which knows the devices: [`SpecFile::set`]), the
+/// registration thread (which knows when the socket is ours: [`SpecFile::own`])
+/// and the server (Allocate: [`SpecFile::ready`]). Writes happen under its lock, so two threads never write
+/// the same file at once.
+#[derive(Debug)]
+pub struct SpecFile {
+    resource: String,
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Whether this process owns the resource's socket: only then is the file written.
+    owned: bool,
+    /// The spec the devices call for; None: no device has a node, so no file. Unset before the first scan.
+    wanted: Option<Option<String>>,
+    /// What the file holds, as we last wrote (or removed) it, and its identity then (None: absent).
+    written: Option<(Option<String>, Option<FileId>)>,
+    /// Why the last write failed, until one succeeds (each new reason is logged once).
+    error: Option<String>,
+}
+
+impl SpecFile {
+    /// The spec file of `resource` in `dir`, named after its socket (`file_name`).
+    pub fn new(dir: &Path, socket_name: &str, resource: &str) -> SpecFile {
+        SpecFile { resource: resource.into(), path: dir.join(file_name(socket_name)), state: Mutex::default() }
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The file must hold `spec` (None: be absent), as the devices call for at every scan. Written at once if
+    /// ours and if the file is not that already: also when it was removed or changed by another process, or
+    /// when the last write failed.
+    pub fn set(&self, spec: Option<String>) {
+        let mut state = self.state();
+        state.wanted = Some(spec);
+        self.sync(&mut state);
+    }
+
+    /// The resource's socket is ours: from now on the file is ours to write, starting now.
+    pub fn own(&self) {
+        let mut state = self.state();
+        state.owned = true;
+        self.sync(&mut state);
+    }
+
+    /// Whether this process owns the resource's socket (and so writes its file).
+    pub fn owned(&self) -> bool {
+        self.state().owned
+    }
+
+    /// Ok when the file describes the devices as they are advertised; Err says why not (for Allocate's
+    /// UNAVAILABLE status).
+    pub fn ready(&self) -> Result<(), String> {
+        let state = self.state();
+        match (&state.wanted, &state.written, &state.error) {
+            (Some(wanted), Some((written, _)), None) if wanted == written => Ok(()),
+            (_, _, Some(e)) => Err(format!("the CDI spec {} cannot be written: {e}", self.path.display())),
+            _ => Err(format!("the CDI spec {} is not written yet", self.path.display())),
+        }
+    }
+
+    /// Removes a temporary file of ours left by a crash; only while ours, under the lock (no write runs).
+    pub fn remove_leftover(&self) -> std::io::Result<bool> {
+        let state = self.state();
+        if !state.owned {
+            return Ok(false);
+        }
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name().and_then(|n| n.to_str())) else {
+            return Ok(false);
+        };
+        remove(dir, &temporary_name(name))
+    }
+
+    fn sync(&self, state: &mut State) {
+        let Some(wanted) = state.wanted.clone() else { return };
+        if !state.owned {
+            return;
+        }
+        let on_disk = file_id(&self.path);
+        if let Some((written, id)) = &state.written {
+            if *written == wanted && *id == on_disk && state.error.is_none() {
+                return;
+            }
+        }
+        let tampered = matches!(&state.written, Some((written, id)) if *written == wanted && *id != on_disk);
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name().and_then(|n| n.to_str())) else {
+            return;
+        };
+        let result = match &wanted {
+            Some(text) => write_atomically(dir, name, text).map(|()| Some("wrote")),
+            None => remove(dir, name).map(|removed| removed.then_some("removed")),
+        };
+        match result {
+            Ok(done) => {
+                let why = if tampered { " (it had been removed or changed by another process)" } else { "" };
+                if let Some(what) = done {
+                    log::info!("{what} the CDI spec of {}: {}{why}", self.resource, self.path.display());
+                }
+                state.written = Some((wanted, file_id(&self.path)));
+                state.error = None;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if state.error.as_ref() != Some(&e) {
+                    log::warn!(
+                        "cannot write the CDI spec of {} in {}: {e}; Allocate fails until it can (retried at \
+                         every scan)",
+                        self.resource,
+                        dir.display()
+                    );
+                }
+                state.error = Some(e);
+            }
+        }
+    }
+}
+
+/// The temporary file `write_atomically` uses for `name`.
+fn temporary_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
 /// The CDI device name of a device: `<resource>=<ID>`, as `cdi_devices` carries it.
 pub fn device_name(resource: &str, id: &str) -> String {
     format!("{resource}={id}")
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "grpc"))]
 mod tests {
     use super::*;
-    use crate::device::{DevNode, Health};
+    use crate::device::{DevNode, Device, Health};
 
     fn dev(id: &str, node: Option<&str>) -> Device {
         Device {

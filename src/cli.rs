@@ -259,11 +259,23 @@ fn single_dash_to_double(arg: OsString) -> OsString {
 /// Linux's PATH_MAX, with the terminating NUL: no longer path can be opened.
 const PATH_MAX: usize = 4096;
 
-/// A path flag's value, without trailing slashes (they change nothing but the length).
+/// A path flag's value, absolute (a relative one is taken from the working directory: the paths reach the
+/// kubelet and the runtime, which resolve them from elsewhere) and without trailing slashes (they change
+/// nothing but the length).
 fn path(v: String, flag: &str) -> Result<PathBuf, UsageError> {
     if v.is_empty() {
         return Err(UsageError(format!("{flag}: the path is empty")));
     }
+    let v = if v.starts_with('/') {
+        v
+    } else {
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(&v).to_string_lossy().into_owned(),
+            Err(e) => {
+                return Err(UsageError(format!("{flag}: {v:?} is relative, and the working directory is unknown: {e}")))
+            }
+        }
+    };
     let v = match v.trim_end_matches('/') {
         "" => "/".to_string(),
         trimmed => trimmed.to_string(),

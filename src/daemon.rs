@@ -75,9 +75,9 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
         reported: HashSet::new(),
         events: None,
         cdi_dir: settings.cdi_spec_dir.clone(),
-        cdi_written: HashMap::new(),
-        cdi_failing: HashSet::new(),
+        cdi_files: BTreeMap::new(),
         cdi_stale_left: settings.cdi_spec_dir.is_some(),
+        cdi_stale_failing: HashSet::new(),
     };
     scanner.scan();
 
@@ -246,15 +246,14 @@ struct Scanner {
     reported: HashSet<String>,
     /// Where to announce a new resource, once the registration thread runs.
     events: Option<Sender<Event>>,
-    /// `--cdi-spec-dir`, and the spec last written for each resource (None: no file).
+    /// `--cdi-spec-dir`, and the spec file of each resource.
     cdi_dir: Option<PathBuf>,
-    cdi_written: HashMap<String, Option<String>>,
-    /// Resources whose spec could not be written, and stale files that could not be removed: the failure is
-    /// logged once, then retried quietly.
-    cdi_failing: HashSet<String>,
+    cdi_files: BTreeMap<String, Arc<crate::cdi::SpecFile>>,
     /// Whether spec files of ours that this process does not keep may still be in the CDI directory: looked
     /// for at every scan until none is left (an older instance may still serve them at first).
     cdi_stale_left: bool,
+    /// Stale files that could not be removed: logged once, retried at every scan.
+    cdi_stale_failing: HashSet<String>,
 }
 
 impl Scanner {
@@ -269,7 +268,7 @@ impl Scanner {
                 name: name.to_string(),
                 socket_name,
                 registry: Arc::clone(registry),
-                cdi: self.cdi_dir.is_some(),
+                cdi: self.cdi_files.get(name).cloned(),
             }),
             Err(e) => {
                 log::error!("cannot serve {name}: {e}");
@@ -365,34 +364,15 @@ impl Scanner {
 }
 
 impl Scanner {
-    /// Keeps `resource`'s CDI spec file in step with its devices (with `--cdi-spec-dir`): written when its
-    /// content changes, removed when no device has a node.
+    /// Keeps `resource`'s CDI spec file in step with its devices (with `--cdi-spec-dir`): see `cdi::SpecFile`.
     fn write_cdi_spec(&mut self, resource: &str, devices: &[crate::device::Device]) {
         let Some(dir) = &self.cdi_dir else { return };
-        let spec = crate::cdi::spec(resource, devices);
-        if self.cdi_written.get(resource) == Some(&spec) {
-            return;
-        }
         let Ok(socket) = endpoint::socket_name(&self.dir, resource) else { return };
-        let name = crate::cdi::file_name(&socket);
-        let result = match &spec {
-            Some(text) => crate::cdi::write_atomically(dir, &name, text).map(|()| Some("wrote")),
-            None => crate::cdi::remove(dir, &name).map(|removed| removed.then_some("removed")),
-        };
-        match result {
-            Ok(done) => {
-                if let Some(what) = done {
-                    log::info!("{what} the CDI spec of {resource}: {}", dir.join(&name).display());
-                }
-                self.cdi_written.insert(resource.to_string(), spec);
-                self.cdi_failing.remove(resource);
-            }
-            // Not recorded as written: tried again at the next scan.
-            Err(e) if self.cdi_failing.insert(resource.to_string()) => {
-                log::warn!("cannot write the CDI spec of {resource} in {}: {e}; retrying at every scan", dir.display())
-            }
-            Err(e) => log::debug!("cannot write the CDI spec of {resource} in {}: {e}", dir.display()),
-        }
+        let file = self
+            .cdi_files
+            .entry(resource.to_string())
+            .or_insert_with(|| Arc::new(crate::cdi::SpecFile::new(dir, &socket, resource)));
+        file.set(crate::cdi::spec(resource, devices));
     }
 }
 
@@ -402,25 +382,38 @@ impl Scanner {
     /// that another instance still serves (a rolling update) is looked at again at the next scan.
     fn remove_stale_cdi_specs(&mut self) {
         let Some(dir) = &self.cdi_dir else { return };
+        // Not before this process serves: during a rolling update the old instance's files are its own.
+        if !self.cdi_files.get(&self.routes.default).is_some_and(|f| f.owned()) {
+            return;
+        }
         let sockets: Vec<String> =
             self.registries.keys().filter_map(|r| endpoint::socket_name(&self.dir, r).ok()).collect();
         let current: Vec<String> = sockets.iter().map(|socket| crate::cdi::file_name(socket)).collect();
         let mut left = false;
         for (file, socket) in crate::cdi::stale(dir, &current) {
-            // A temporary file of one of our own specs is a crash's leftover: this thread writes them, and
-            // is here. Another socket's file waits while its lock is held.
-            if !sockets.contains(&socket) && crate::instance::is_held(&self.dir, &socket) {
-                left = true;
-                continue;
-            }
-            match std::fs::remove_file(dir.join(&file)) {
-                Ok(()) => log::info!("removed {}: no running instance serves {socket}", dir.join(&file).display()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                // Retried at every scan, logged once (file names never clash with resource names: no `/`).
+            let path = dir.join(&file);
+            let ours = self.cdi_files.values().find(|f| f.path().with_extension("sock").ends_with(&socket));
+            let (result, why) = match ours {
+                // A temporary file of one of our own specs: removed under the spec's lock, once it is ours.
+                Some(spec) if spec.owned() => (spec.remove_leftover(), "a temporary file left by a crash".into()),
+                // Another socket's file waits while its lock is held (see `instance::is_held`).
+                Some(_) => {
+                    left = true;
+                    continue;
+                }
+                None if crate::instance::is_held(&self.dir, &socket) => {
+                    left = true;
+                    continue;
+                }
+                None => (crate::cdi::remove(dir, &file), format!("no running instance serves {socket}")),
+            };
+            match result {
+                Ok(true) => log::info!("removed {}: {why}", path.display()),
+                Ok(false) => {}
                 Err(e) => {
                     left = true;
-                    if self.cdi_failing.insert(file.clone()) {
-                        log::warn!("cannot remove the stale CDI spec {}: {e}; retrying", dir.join(&file).display());
+                    if self.cdi_stale_failing.insert(file.clone()) {
+                        log::warn!("cannot remove the stale CDI spec {}: {e}; retrying", path.display());
                     }
                 }
             }

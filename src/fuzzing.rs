@@ -74,6 +74,16 @@ pub fn command_line(data: &[u8]) {
             assert!(!crate::discovery::sysfs::is_blank_afu(id));
             assert!(ids.insert(id.clone()), "{id} twice");
         }
+        // Paths reach the kubelet and the runtime: always absolute.
+        for p in [&o.device_plugin_path, &o.sysfs_root, &o.dev_root].into_iter().chain(o.cdi_spec_dir.as_ref()) {
+            assert!(p.is_absolute(), "{}", p.display());
+        }
+        // With CDI, every resource name is a CDI kind.
+        if o.cdi_spec_dir.is_some() {
+            for name in std::iter::once(&o.resource_name).chain(o.afu_resources.iter().map(|(n, _)| n)) {
+                assert!(crate::cdi::check_kind(name).is_ok(), "{name}");
+            }
+        }
         // The socket names of the default resource and every named one fit, or the directory was refused.
         for name in std::iter::once(&o.resource_name).chain(o.afu_resources.iter().map(|(n, _)| n)) {
             let socket =

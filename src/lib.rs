@@ -7,6 +7,7 @@
 //! kubelet, used by the tests and the demo.
 
 // Always built: no gRPC, fuzzable.
+pub mod cdi;
 pub mod cli;
 pub mod device;
 pub mod discovery;
@@ -17,8 +18,6 @@ pub mod fuzzing;
 pub mod allocation;
 #[cfg(feature = "grpc")]
 pub mod api;
-#[cfg(feature = "grpc")]
-pub mod cdi;
 #[cfg(feature = "grpc")]
 pub mod control;
 #[cfg(feature = "grpc")]

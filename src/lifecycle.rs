@@ -49,8 +49,9 @@ pub struct Resource {
     pub name: String,
     pub socket_name: String,
     pub registry: SharedRegistry,
-    /// Whether containers get CDI devices (`--cdi-spec-dir`).
-    pub cdi: bool,
+    /// With `--cdi-spec-dir`: the resource's spec file, written once the socket is ours; containers then
+    /// get CDI devices.
+    pub cdi: Option<Arc<crate::cdi::SpecFile>>,
 }
 
 impl std::fmt::Debug for Resource {
@@ -119,7 +120,7 @@ struct Endpoint {
     resource: String,
     socket_name: String,
     registry: SharedRegistry,
-    cdi: bool,
+    cdi: Option<Arc<crate::cdi::SpecFile>>,
     /// The lock that makes the socket ours (see `instance`); None until we own it.
     owner: Option<Ownership>,
     /// Whether a thread waits for another instance to release the socket.
@@ -488,7 +489,7 @@ impl Endpoint {
             Arc::clone(&self.registry),
             streams_gone(ctx, &self.resource),
             &self.resource,
-            self.cdi,
+            self.cdi.clone(),
             self.generation,
         ) {
             Ok(server) => {
@@ -509,6 +510,7 @@ impl Endpoint {
             Ok(Claim::Owned(owner)) => {
                 log::debug!("own {} (lock {})", socket.display(), owner.path().display());
                 self.owner = Some(owner);
+                self.owned();
                 kubelet::remove_stale_sockets(&ctx.dir, &self.socket_name);
                 true
             }
@@ -525,6 +527,13 @@ impl Endpoint {
                 self.failed(log::Level::Warn, format_args!("cannot serve on {}: {e}", socket.display()));
                 false
             }
+        }
+    }
+
+    /// The socket became ours: so is the CDI spec file, written before the server starts.
+    fn owned(&self) {
+        if let Some(spec) = &self.cdi {
+            spec.own();
         }
     }
 
@@ -551,6 +560,7 @@ impl Endpoint {
             Ok(owner) => {
                 log::info!("the other instance has stopped: taking over {}", self.socket(ctx).display());
                 self.owner = Some(owner);
+                self.owned();
                 kubelet::remove_stale_sockets(&ctx.dir, &self.socket_name);
                 self.restart(ctx, "took over from the other instance");
             }

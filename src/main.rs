@@ -85,14 +85,18 @@ fn main() -> ExitCode {
     let routes = Routes::new(&options.resource_name, &options.afu_resources, options.afu_auto);
     let afu_routes: Vec<String> = options.afu_resources.iter().map(|(name, id)| format!("{name}={id}")).collect();
     log::info!(
-        "k8s-accelerator-devplugin {} starting: resource {}{}{}, backend {}, device-plugins directory {}",
+        "k8s-accelerator-devplugin {} starting: resource {}{}{}, backend {}, device-plugins directory {}{}",
         env!("CARGO_PKG_VERSION"),
         options.resource_name,
         if afu_routes.is_empty() { String::new() } else { format!(", AFU resources {}", afu_routes.join(" ")) },
         if options.afu_auto { ", other AFUs under their own resource" } else { "" },
         backend.name(),
-        options.device_plugin_path.display()
+        options.device_plugin_path.display(),
+        options.cdi_spec_dir.as_ref().map(|d| format!(", CDI specs in {}", d.display())).unwrap_or_default()
     );
+    if options.cdi_spec_dir.is_some() && !backend.is_dynamic() {
+        log::info!("--cdi-spec-dir: AWS units have no device node, so no CDI spec is written and none is named");
+    }
     let settings = Settings {
         backend,
         routes,

@@ -31,8 +31,8 @@ struct Service {
     streams_gone: StreamsGone,
     /// The resource this server advertises, for the logs (and the CDI kind).
     resource: Arc<str>,
-    /// Whether containers get CDI devices instead of DeviceSpecs (`--cdi-spec-dir`).
-    cdi: bool,
+    /// With `--cdi-spec-dir`: the spec file; containers get CDI devices instead of DeviceSpecs.
+    cdi: Option<Arc<crate::cdi::SpecFile>>,
     generation: u64,
     streams: Arc<Streams>,
 }
@@ -45,11 +45,21 @@ struct Streams {
 }
 
 fn reply<T>(ctx: &RpcContext, sink: UnarySink<T>, result: Result<T, InvalidRequest>, what: &'static str) {
+    reply_status(ctx, sink, result.map_err(|e| (RpcStatusCode::INVALID_ARGUMENT, e.0)), what)
+}
+
+/// Sends a reply, or a failure with its status code (logged as a rejection).
+fn reply_status<T>(
+    ctx: &RpcContext,
+    sink: UnarySink<T>,
+    result: Result<T, (RpcStatusCode, String)>,
+    what: &'static str,
+) {
     let f = match result {
         Ok(resp) => sink.success(resp),
-        Err(e) => {
+        Err((code, e)) => {
             log::warn!("rejected {what}: {e}");
-            sink.fail(RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e.0))
+            sink.fail(RpcStatus::with_message(code, e))
         }
     };
     // Dropping this future would cancel the call: hand it to grpcio.
@@ -114,8 +124,13 @@ impl api::DevicePlugin for Service {
     }
 
     fn allocate(&mut self, ctx: RpcContext, req: api::AllocateRequest, sink: UnarySink<api::AllocateResponse>) {
+        // With CDI, the runtime resolves the names from the spec file: naming devices it does not describe
+        // would fail the container later, with a less clear error.
+        if let Some(Err(why)) = self.cdi.as_ref().map(|spec| spec.ready()) {
+            return reply_status(&ctx, sink, Err((RpcStatusCode::UNAVAILABLE, why)), "Allocate");
+        }
         let snapshot = registry::read(&self.registry).snapshot();
-        let result = allocation::allocate(&snapshot, &req, self.cdi.then_some(&*self.resource));
+        let result = allocation::allocate(&snapshot, &req, self.cdi.is_some().then_some(&*self.resource));
         if result.is_ok() {
             for c in &req.container_requests {
                 log::info!("Allocate: container gets {} {}", self.resource, c.devices_ids.join(","));
@@ -251,7 +266,7 @@ impl PluginServer {
         registry: SharedRegistry,
         streams_gone: StreamsGone,
         resource: &str,
-        cdi: bool,
+        cdi: Option<Arc<crate::cdi::SpecFile>>,
         generation: u64,
     ) -> Result<PluginServer, StartError> {
         let streams = Arc::new(Streams::default());

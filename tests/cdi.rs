@@ -6,14 +6,22 @@ mod common;
 
 use common::{Rig, WAIT};
 use k8s_accelerator_devplugin::api;
-use k8s_accelerator_devplugin::sim::{Fme, SimNode, TempDir};
+use k8s_accelerator_devplugin::sim::{Fme, SimNode, TempDir, AFU_ID};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const SPEC: &str = "k8s-accel-b-com.com_accelerator.json";
 
+/// A test that cannot run here says why and passes, unless `K8S_ACCEL_TEST_STRICT` is set (CI sets it, where
+/// every tool is installed): then it fails.
+fn skip(why: String) {
+    assert!(std::env::var_os("K8S_ACCEL_TEST_STRICT").is_none(), "K8S_ACCEL_TEST_STRICT, and {why}");
+    eprintln!("skipping: {why}");
+}
+
 /// The official CDI schema and its examples: `K8S_ACCEL_CDI_SCHEMA`, or `shared/reference/cdi-schema` beside
-/// the repository (where CI has it). None, with a message, when neither is there.
+/// the repository (where CI has it).
 fn schema_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("K8S_ACCEL_CDI_SCHEMA")
         .map(PathBuf::from)
@@ -21,34 +29,45 @@ fn schema_dir() -> Option<PathBuf> {
     if dir.join("schema.json").is_file() {
         Some(dir)
     } else {
-        eprintln!("skipping schema validation: no CDI schema at {} (set K8S_ACCEL_CDI_SCHEMA)", dir.display());
+        skip(format!("no CDI schema at {} (set K8S_ACCEL_CDI_SCHEMA)", dir.display()));
         None
     }
 }
 
 /// Validates `files` against the CDI schema with Python's `jsonschema` (`K8S_ACCEL_TEST_PYTHON`, or
-/// `python3`); prints one line per file: `valid <path>` or `invalid <path>: <reason>`. None when no Python
-/// with `jsonschema` is there (CI provides one).
+/// `python3`); one line per file: `valid <path>`, or `invalid <path>: <reason>` (a file that is not JSON
+/// at all is invalid too). None when that Python has no `jsonschema` (CI provides one).
 fn validate(schema: &Path, files: &[PathBuf]) -> Option<String> {
     const SCRIPT: &str = r#"
 import json, pathlib, sys
-from jsonschema import Draft7Validator
-from referencing import Registry
-from referencing.jsonschema import DRAFT7
+try:
+    from jsonschema import Draft7Validator
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT7
+except ImportError as e:
+    print("no jsonschema: %s" % e, file=sys.stderr)
+    sys.exit(3)
 base = pathlib.Path(sys.argv[1])
 defs = json.loads((base / "defs.json").read_text())
 registry = Registry().with_resource("defs.json", DRAFT7.create_resource(defs))
 validator = Draft7Validator(json.loads((base / "schema.json").read_text()), registry=registry)
 for path in sys.argv[2:]:
-    errors = list(validator.iter_errors(json.loads(pathlib.Path(path).read_text())))
+    try:
+        document = json.loads(pathlib.Path(path).read_text())
+    except ValueError as e:
+        print("invalid %s: not JSON: %s" % (path, e))
+        continue
+    errors = list(validator.iter_errors(document))
     print(("invalid %s: %s" % (path, errors[0].message)) if errors else "valid %s" % path)
 "#;
     let python = std::env::var("K8S_ACCEL_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python).arg("-c").arg(SCRIPT).arg(schema).args(files).output().ok()?;
-    if !out.status.success() {
-        eprintln!("skipping schema validation: {python} with jsonschema: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&python).arg("-c").arg(SCRIPT).arg(schema).args(files).output().expect("run python");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(3) {
+        skip(format!("{python}: {stderr}"));
         return None;
     }
+    assert!(out.status.success(), "the validator failed: {stderr}");
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -183,6 +202,8 @@ fn stale_specs_are_removed_once_no_instance_serves_them() {
 
     let p = rig.plugin(&["--cdi-spec-dir", cdi.path().to_str().unwrap()]);
     rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
+    // Stale files are looked for at scans once the process serves: SIGHUP rescans.
+    p.signal(libc::SIGHUP);
     let names = || -> Vec<String> {
         let mut n: Vec<String> =
             std::fs::read_dir(cdi.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -205,14 +226,15 @@ fn stale_specs_are_removed_once_no_instance_serves_them() {
 fn podman_image() -> Option<String> {
     let image = std::env::var("K8S_ACCEL_TEST_PODMAN_IMAGE").ok();
     if image.is_none() {
-        eprintln!("skipping: set K8S_ACCEL_TEST_PODMAN_IMAGE to a local busybox image to run podman");
+        skip("set K8S_ACCEL_TEST_PODMAN_IMAGE to a local busybox image to run podman".into());
     }
     image
 }
 
 /// `podman run --device <each of devices> IMAGE stat -c '%F %t:%T' PATH`: podman 4.3 reads CDI specs only
 /// from /etc/cdi and /var/run/cdi, so it runs in a mount namespace of its own where `cdi_dir` is mounted at
-/// /var/run/cdi (the host's directory is left alone). The limits and runc are what this sandbox needs.
+/// /var/run/cdi: the host's files there are neither seen nor touched (only /run/cdi itself is created if it
+/// is missing, empty, as a mount point). The limits and runc are what this sandbox needs.
 fn podman_stat(image: &str, cdi_dir: &Path, devices: &[String], path: &str) -> (bool, String) {
     const SCRIPT: &str = "mkdir -p /run/cdi && mount --bind \"$1\" /run/cdi && shift && exec podman \"$@\"";
     let mut cmd = Command::new("unshare");
@@ -268,4 +290,90 @@ fn podman_injects_the_nodes_that_allocate_names() {
     rig.wait_list(&[("0000:86:00.0", "Healthy")]);
     let (ok, out) = podman_stat(&image, cdi.path(), &first, "/dev/intel-fpga-port.0");
     assert!(!ok && out.contains("unresolvable CDI devices"), "{out}");
+}
+
+/// Lists the file names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    n.sort();
+    n
+}
+
+fn allocate_one(rig: &Rig, id: &str) -> Result<api::AllocateResponse, grpcio::Error> {
+    let mut req = api::AllocateRequest::new();
+    let mut c = api::ContainerAllocateRequest::new();
+    c.devices_ids = vec![id.into()];
+    req.container_requests.push(c);
+    rig.client().allocate(&req)
+}
+
+#[test]
+fn allocate_waits_for_a_spec_that_can_be_written_and_a_spec_tampered_with_is_rewritten() {
+    let rig = Rig::new();
+    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let cdi = TempDir::new("cdi").unwrap();
+    let missing = cdi.path().join("not-yet");
+    let p = rig.plugin(&["--cdi-spec-dir", missing.to_str().unwrap()]);
+    rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
+    // The directory is missing: no spec, so Allocate names no CDI device the runtime could not resolve.
+    match allocate_one(&rig, "0000:5e:00.0") {
+        Err(grpcio::Error::RpcFailure(s)) => {
+            assert_eq!(s.code(), grpcio::RpcStatusCode::UNAVAILABLE);
+            assert!(s.message().contains("cannot be written"), "{}", s.message());
+        }
+        other => panic!("Allocate without a spec: {other:?}"),
+    }
+    assert!(p.log().contains("cannot write the CDI spec of b-com.com/accelerator"), "{}", p.log());
+    // It heals at the next scan.
+    std::fs::create_dir(&missing).unwrap();
+    p.signal(libc::SIGHUP);
+    let spec = missing.join(SPEC);
+    assert!(common::wait_until(WAIT, || spec.exists()), "{}", p.log());
+    let resp = allocate_one(&rig, "0000:5e:00.0").expect("Allocate once the spec is there");
+    assert_eq!(resp.container_responses[0].cdi_devices.len(), 1);
+
+    // Removed, or overwritten, by someone else: rewritten at the next scan.
+    let good = std::fs::read_to_string(&spec).unwrap();
+    std::fs::remove_file(&spec).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(common::wait_until(WAIT, || spec.exists()), "{}", p.log());
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), good);
+    std::fs::write(&spec, "garbage").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(common::wait_until(WAIT, || std::fs::read_to_string(&spec).unwrap() == good), "{}", p.log());
+    assert!(p.log().contains("(it had been removed or changed by another process)"), "{}", p.log());
+}
+
+#[test]
+fn a_waiting_instance_leaves_the_serving_ones_spec_alone() {
+    let rig = Rig::new();
+    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let cdi = TempDir::new("cdi").unwrap();
+    let dir = cdi.path().to_str().unwrap();
+    let mut first = rig.plugin(&["--cdi-spec-dir", dir]);
+    rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
+    let spec = cdi.path().join(SPEC);
+    assert!(common::wait_until(WAIT, || spec.exists()), "{}", first.log());
+    let served = std::fs::read_to_string(&spec).unwrap();
+
+    // The next version routes the port elsewhere: its view of the default resource is empty.
+    let gzip = "example.com/gzip";
+    let second = rig.plugin(&["--cdi-spec-dir", dir, "--afu-resource", &format!("{gzip}={}", AFU_ID)]);
+    assert!(second.wait_log("waiting for it to stop", WAIT), "{}", second.log());
+    second.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), served, "the serving instance's spec is untouched");
+    assert_eq!(names_in(cdi.path()), [SPEC], "{}", second.log());
+
+    // The first one stops: the second takes over and writes its own view.
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
+    let gzip_spec = "k8s-accel-example.com_gzip.json";
+    assert!(
+        common::wait_until(WAIT, || names_in(cdi.path()) == [gzip_spec]),
+        "{:?}\n{}",
+        names_in(cdi.path()),
+        second.log()
+    );
 }
