@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         cdi_spec_dir: None,
         roots: Roots { sysfs: node.sysfs(), dev: node.dev() },
         scan_interval: Duration::from_secs(5),
+        health_interval: Duration::from_secs(1),
     };
     let started = Instant::now();
     let plugin = std::thread::spawn(move || daemon::run(settings, control));

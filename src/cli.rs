@@ -32,7 +32,8 @@ Options:
                                containers as CDI devices [default: off: device nodes in Allocate]
   --sysfs-root DIR             Where the host's sysfs is mounted [default: /sys]
   --dev-root DIR               Where the host's device nodes are [default: /dev]
-  --scan-interval DURATION     Rescan period, e.g. 200ms, 5s, 1m [default: 5s]
+  --scan-interval DURATION     Full rediscovery period, e.g. 200ms, 5s, 1m [default: 30s]
+  --health-interval DURATION   How often the known ports' health and AFU are read (Intel) [default: 1s]
   --log-level LEVEL            error|warn|info|debug|trace [default: info]
   --log-file PATH              Also log to this file (- or absent: stderr only)
   -h, --help                   Print this help
@@ -41,7 +42,7 @@ Options:
 Every long option may also be written with one dash (-accel-nbunits 1) and with = (--accel-nbunits=1).
 ";
 
-const LONG_FLAGS: [&str; 13] = [
+const LONG_FLAGS: [&str; 14] = [
     "backend",
     "cdi-spec-dir",
     "afu-resource",
@@ -51,11 +52,22 @@ const LONG_FLAGS: [&str; 13] = [
     "sysfs-root",
     "dev-root",
     "scan-interval",
+    "health-interval",
     "log-level",
     "log-file",
     "help",
     "version",
 ];
+
+/// `--scan-interval`'s default. Full discovery lists the class directories, resolves links and reads every
+/// attribute; between two, device-node events (inotify) and SIGHUP start one at once, and the health pass
+/// reads what can change of a port every `--health-interval`, so a full discovery only has to catch what
+/// neither sees: a new port whose node event was missed. 30 s keeps that rare at a cost of about 1 ms per
+/// 30 s for 64 ports (BENCHMARKS.md).
+pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// `--health-interval`'s default: a port error or an unloaded AFU reaches the kubelet within about a second.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `--backend`: explicit, or detected at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +90,10 @@ pub struct Options {
     pub cdi_spec_dir: Option<PathBuf>,
     pub sysfs_root: PathBuf,
     pub dev_root: PathBuf,
+    /// `--scan-interval`: full rediscovery.
     pub scan_interval: Duration,
+    /// `--health-interval`: the health pass over the ports found.
+    pub health_interval: Duration,
     pub log_level: LevelFilter,
     pub log_file: Option<PathBuf>,
 }
@@ -95,7 +110,8 @@ impl Default for Options {
             cdi_spec_dir: None,
             sysfs_root: "/sys".into(),
             dev_root: "/dev".into(),
-            scan_interval: Duration::from_secs(5),
+            scan_interval: DEFAULT_SCAN_INTERVAL,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
             log_level: LevelFilter::Info,
             log_file: None,
         }
@@ -184,6 +200,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             Long("scan-interval") => {
                 let v = value(&mut parser)?;
                 opts.scan_interval = parse_duration(&v).map_err(|why| UsageError(format!("{flag}: {v:?} {why}")))?;
+            }
+            Long("health-interval") => {
+                let v = value(&mut parser)?;
+                opts.health_interval = parse_duration(&v).map_err(|why| UsageError(format!("{flag}: {v:?} {why}")))?;
             }
             Long("log-level") => {
                 let v = value(&mut parser)?;

@@ -1,9 +1,9 @@
 //! The daemon: wires discovery, routing, the registries, the registration thread and the event loop
 //! together. Data flows one way: sysfs → discovery → routing → one registry per resource → its server.
 //!
-//! Threads: this one (the event loop: filesystem events, signals, periodic rescans), the registration thread
-//! (`lifecycle`, for every resource), one per ListAndWatch stream, and grpcio's (one completion queue plus
-//! gRPC core's pool).
+//! Threads: this one (the event loop: filesystem events, signals, health passes, periodic full rescans), the
+//! registration thread (`lifecycle`, for every resource), one per ListAndWatch stream, and grpcio's (one
+//! completion queue plus gRPC core's pool).
 
 use crate::control::Control;
 use crate::discovery::{self, Backend, Roots};
@@ -29,7 +29,10 @@ pub struct Settings {
     /// `--cdi-spec-dir`: where to keep a CDI spec per resource; None: no CDI.
     pub cdi_spec_dir: Option<PathBuf>,
     pub roots: Roots,
+    /// `--scan-interval`: the period of full discovery (besides device-node events and SIGHUP).
     pub scan_interval: Duration,
+    /// `--health-interval`: the period of the health pass over the ports the last discovery found (Intel).
+    pub health_interval: Duration,
 }
 
 #[derive(Debug)]
@@ -78,6 +81,10 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
         cdi_files: BTreeMap::new(),
         cdi_stale_left: settings.cdi_spec_dir.is_some(),
         cdi_stale_failing: HashSet::new(),
+        found: Vec::new(),
+        cache: discovery::intel::Cache::default(),
+        ports: Vec::new(),
+        found_problems: Vec::new(),
     };
     scanner.scan();
 
@@ -159,8 +166,12 @@ fn event_loop(
 ) -> Result<(), Error> {
     watches.ensure(inotify, settings);
     let mut next_tick = Instant::now() + settings.scan_interval;
+    // Only Intel ports have health to read between scans; AWS units never change.
+    let health_passes = settings.backend.is_dynamic();
+    let mut next_health = Instant::now() + settings.health_interval;
     loop {
-        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let deadline = if health_passes { next_tick.min(next_health) } else { next_tick };
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let mut fds = [
             libc::pollfd { fd: control.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: inotify.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -225,6 +236,12 @@ fn event_loop(
         }
         if rescan {
             scanner.scan();
+            next_health = Instant::now() + settings.health_interval;
+        } else if health_passes && Instant::now() >= next_health {
+            next_health = Instant::now() + settings.health_interval;
+            if !scanner.health_pass() {
+                scanner.scan();
+            }
         }
     }
 }
@@ -254,6 +271,13 @@ struct Scanner {
     cdi_stale_left: bool,
     /// Stale files that could not be removed: logged once, retried at every scan.
     cdi_stale_failing: HashSet<String>,
+    /// What the last full discovery found, as it found it, and the paths a health pass reads for each of
+    /// those devices (Intel ports: the same order, one each), and the problems it reported.
+    found: Vec<crate::device::Device>,
+    /// What full discoveries keep from one to the next.
+    cache: discovery::intel::Cache,
+    ports: Vec<discovery::intel::PortPaths>,
+    found_problems: Vec<String>,
 }
 
 impl Scanner {
@@ -277,15 +301,47 @@ impl Scanner {
         }
     }
 
+    /// A full discovery, then `publish`.
     fn scan(&mut self) {
-        let mut scan = discovery::scan(self.backend, &self.roots);
-        for d in &mut scan.devices {
+        let scan = discovery::scan_with(self.backend, &self.roots, &mut self.cache);
+        self.found = scan.devices.clone();
+        self.ports = scan.ports;
+        self.found_problems = scan.problems;
+        self.publish(scan.devices);
+    }
+
+    /// Reads the health and AFU of every port the last discovery found, through the paths it remembered,
+    /// and publishes what changed. False when a port's directory is gone: the caller runs a full discovery,
+    /// which treats it as a hot-remove.
+    fn health_pass(&mut self) -> bool {
+        let mut changed = false;
+        for (device, port) in self.found.iter_mut().zip(&self.ports) {
+            let Some((afu_id, health)) = discovery::intel::health(port) else {
+                log::debug!("{} is gone since the last discovery: rediscovering", port.dir.display());
+                return false;
+            };
+            if device.health != health || device.afu_id != afu_id {
+                device.health = health;
+                device.afu_id = afu_id;
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish(self.found.clone());
+        }
+        true
+    }
+
+    /// Routes `devices` to their resources and publishes each resource's list (and CDI spec), logging what
+    /// changed and each new problem once.
+    fn publish(&mut self, mut devices: Vec<crate::device::Device>) {
+        for d in &mut devices {
             if d.afu_id.is_none() && matches!(d.health, crate::device::Health::Unknown(_)) {
                 d.afu_id = self.placed.get(&d.id).and_then(|(_, afu)| afu.clone());
             }
         }
-        let mut problems: HashSet<String> = scan.problems.into_iter().collect();
-        let routed = self.routes.route(scan.devices, &mut self.known);
+        let mut problems: HashSet<String> = self.found_problems.iter().cloned().collect();
+        let routed = self.routes.route(devices, &mut self.known);
         let single = routed.len() == 1;
         for (resource, devices) in &routed {
             let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();

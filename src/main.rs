@@ -84,8 +84,13 @@ fn main() -> ExitCode {
     }
     let routes = Routes::new(&options.resource_name, &options.afu_resources, options.afu_auto);
     let afu_routes: Vec<String> = options.afu_resources.iter().map(|(name, id)| format!("{name}={id}")).collect();
+    let intervals = if backend.is_dynamic() {
+        format!(", discovery every {:?}, health every {:?}", options.scan_interval, options.health_interval)
+    } else {
+        String::new()
+    };
     log::info!(
-        "k8s-accelerator-devplugin {} starting: resource {}{}{}, backend {}, device-plugins directory {}{}",
+        "k8s-accelerator-devplugin {} starting: resource {}{}{}, backend {}{intervals}, device-plugins directory {}{}",
         env!("CARGO_PKG_VERSION"),
         options.resource_name,
         if afu_routes.is_empty() { String::new() } else { format!(", AFU resources {}", afu_routes.join(" ")) },
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
         cdi_spec_dir: options.cdi_spec_dir,
         roots: Roots { sysfs: options.sysfs_root, dev: options.dev_root },
         scan_interval: options.scan_interval,
+        health_interval: options.health_interval,
     };
 
     let started = control::new().and_then(|(control, handle)| {

@@ -200,3 +200,34 @@ fn a_character_device_with_another_number_is_not_the_port() {
     assert!(mknod(510, 7));
     assert!(matches!(&scan(&node).devices[0].health, Health::Unhealthy(why) if why.contains("510:7")));
 }
+
+#[test]
+fn the_cache_keeps_fixed_attributes_until_their_directory_is_another() {
+    let node = SimNode::new().unwrap();
+    node.dfl_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 0), (1, 1)]).unwrap();
+    let mut cache = discovery::intel::Cache::default();
+    let first = discovery::scan_with(Backend::Intel, &roots(&node), &mut cache);
+    assert_eq!(ids(&first), ["0000:5e:00.0-0", "0000:5e:00.0-1"]);
+    assert_eq!(first, discovery::scan(Backend::Intel, &roots(&node)), "the cache changes nothing");
+
+    // Fixed attributes are not read again while their directory is the same one (a kernel never rewrites
+    // them; a test can): the cached `id` and `numa_node` stay.
+    let function = node.sysfs().join("devices/pci0000:00/0000:00:01.0/0000:5e:00.0");
+    let port = function.join("fpga_region/region0/dfl-port.0");
+    write(&port.join("id"), "5\n").unwrap();
+    write(&function.join("numa_node"), "1\n").unwrap();
+    let cached = discovery::scan_with(Backend::Intel, &roots(&node), &mut cache);
+    assert_eq!(ids(&cached), ["0000:5e:00.0-0", "0000:5e:00.0-1"]);
+    assert_eq!(device(&cached, "0000:5e:00.0-0").numa_node, Some(0));
+
+    // Another card at the same address: new directories, so everything is read again.
+    fs::remove_dir_all(&function).unwrap();
+    for link in ["region0", "region100000"] {
+        fs::remove_file(node.sysfs().join("class/fpga_region").join(link)).unwrap();
+    }
+    node.dfl_card("0000:5e:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 6), (1, 7)]).unwrap();
+    let replaced = discovery::scan_with(Backend::Intel, &roots(&node), &mut cache);
+    assert_eq!(ids(&replaced), ["0000:5e:00.0-6", "0000:5e:00.0-7"]);
+    assert_eq!(device(&replaced, "0000:5e:00.0-6").numa_node, Some(1));
+    assert_eq!(replaced, discovery::scan(Backend::Intel, &roots(&node)));
+}

@@ -9,7 +9,7 @@
 use super::sysfs::{self, PciAddress};
 use super::Scan;
 use crate::device::{DevNode, Device, Health, MAX_ID_LEN};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -36,6 +36,44 @@ pub fn present(sys: &Path) -> bool {
     [OPAE.class_dir, DFL.class_dir].iter().any(|d| sys.join(d).is_dir())
 }
 
+/// What a health pass reads of one port, remembered from the last full discovery so that the pass needs no
+/// directory listing and no link resolution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPaths {
+    /// The device ID discovery gave the port.
+    pub id: String,
+    /// The real path of the port's sysfs directory (`/sys/devices/…/dfl-port.K`).
+    pub dir: PathBuf,
+    /// The host path of its device node (`<dev>/dfl-port.K`).
+    pub node: PathBuf,
+    /// The port's `dev` attribute (`major:minor`), which is fixed while the directory exists; None when it
+    /// could not be read.
+    pub dev: Option<(u32, u32)>,
+    /// The directory's identity (inode number and change time) when it was discovered: a port removed and
+    /// another created at the same path (a card replaced at the same PCI address) has another, so what was
+    /// read of the old one (its ID, its `dev`) is never used for the new one.
+    pub dir_id: Option<DirId>,
+}
+
+/// A directory's inode number and change time (seconds, nanoseconds).
+pub type DirId = (u64, i64, i64);
+
+fn dir_id(dir: &Path) -> Option<DirId> {
+    std::fs::metadata(dir).ok().map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// A health pass over one port: its AFU and health, read through remembered paths, in 8 system calls: a
+/// `stat` of its directory, an open, a read and a close of `afu_id` and of `errors/errors`, a `stat` of the
+/// device node. None: the directory is gone (a hot-remove, a release to a VF) or is another one (a card
+/// replaced), which only a full discovery can sort out.
+pub fn health(port: &PortPaths) -> Option<(Option<String>, Health)> {
+    if dir_id(&port.dir) != port.dir_id || port.dir_id.is_none() {
+        return None;
+    }
+    let (afu_id, afu_verdict) = port_afu(&port.dir);
+    Some((afu_id, port_health(&port.dir, &port.node, port.dev, afu_verdict)))
+}
+
 /// A port as found in sysfs, before its ID is decided.
 struct Port {
     /// Real path of the port's sysfs directory.
@@ -53,7 +91,67 @@ struct Function {
     fme_ports: Option<u32>,
 }
 
+/// What one full discovery keeps for the next: attributes that are fixed for as long as the sysfs
+/// directory they are in exists (`numa_node` of a PCI function, `ports_num` of an FME, `id` and `dev` of a
+/// port), each with the identity (`DirId`) of its directory when it was read. Reading one again costs a
+/// `stat` of its directory instead of an open, a read and a close, and the directory's identity is
+/// looked up once per scan. An attribute whose directory is gone or is another one (a card replaced at the
+/// same address) is read again; attributes not used by a scan are forgotten.
+#[derive(Debug, Default)]
+pub struct Cache {
+    attrs: HashMap<PathBuf, (DirId, String)>,
+    /// This scan's directory identities, and the attributes it used.
+    dirs: HashMap<PathBuf, Option<DirId>>,
+    used: HashSet<PathBuf>,
+}
+
+impl Cache {
+    /// The identity of `dir`, looked up once per scan.
+    fn dir_id(&mut self, dir: &Path) -> Option<DirId> {
+        if let Some(id) = self.dirs.get(dir) {
+            return *id;
+        }
+        let id = dir_id(dir);
+        self.dirs.insert(dir.to_path_buf(), id);
+        id
+    }
+
+    /// `dir/name`, from the cache while `dir` is the same directory; failures are not kept.
+    fn read_fixed(&mut self, dir: &Path, name: &str) -> io::Result<String> {
+        let path = dir.join(name);
+        let id = self.dir_id(dir);
+        self.used.insert(path.clone());
+        if let (Some(id), Some((cached_id, text))) = (id, self.attrs.get(&path)) {
+            if id == *cached_id {
+                return Ok(text.clone());
+            }
+        }
+        let text = sysfs::read_attr(&path)?;
+        match id {
+            Some(id) => {
+                self.attrs.insert(path, (id, text.clone()));
+            }
+            None => {
+                self.attrs.remove(&path);
+            }
+        }
+        Ok(text)
+    }
+
+    fn end_scan(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.attrs.retain(|path, _| used.contains(path));
+        self.dirs.clear();
+    }
+}
+
+/// A full discovery with a fresh cache: every attribute read from sysfs.
 pub fn scan(sys: &Path, dev: &Path) -> Scan {
+    scan_with(sys, dev, &mut Cache::default())
+}
+
+/// A full discovery that reads the fixed attributes through `cache` (see `Cache`).
+pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
     let mut scan = Scan::default();
     for (root, consequence) in [(sys, "no Intel FPGA port can be found"), (dev, "every port's device node is missing")]
     {
@@ -64,15 +162,15 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
     let mut functions: BTreeMap<PciAddress, Function> = BTreeMap::new();
     let mut seen = HashSet::new();
     for layout in [&OPAE, &DFL] {
-        collect(sys, layout, &mut functions, &mut seen, &mut scan.problems);
+        collect(sys, layout, &mut functions, &mut seen, cache, &mut scan.problems);
     }
     for (address, function) in functions {
         let multi = function.ports.len() > 1 || function.fme_ports.is_some_and(|n| n > 1);
-        let numa_node = numa_node(&function.dir, &mut scan.problems);
+        let numa_node = numa_node(&function.dir, cache, &mut scan.problems);
         let mut ids = HashSet::new();
         for port in function.ports {
             let id = if multi {
-                match sysfs::read_attr(&port.dir.join("id")).ok().and_then(|s| sysfs::parse_small_uint(&s)) {
+                match cache.read_fixed(&port.dir, "id").ok().and_then(|s| sysfs::parse_small_uint(&s)) {
                     Some(n) => format!("{address}-{n}"),
                     None => {
                         scan.problems.push(format!(
@@ -95,8 +193,9 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
             }
             let host_path = dev.join(&port.name);
             let (afu_id, afu_verdict) = port_afu(&port.dir);
+            let numbers = cache.read_fixed(&port.dir, "dev").ok().and_then(|s| sysfs::parse_dev(&s));
             let device = Device {
-                health: port_health(&port.dir, &host_path, afu_verdict),
+                health: port_health(&port.dir, &host_path, numbers, afu_verdict),
                 afu_id,
                 numa_node,
                 node: Some(DevNode {
@@ -105,9 +204,12 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
                 }),
                 id,
             };
+            let dir_id = cache.dir_id(&port.dir);
+            scan.ports.push(PortPaths { id: device.id.clone(), dir: port.dir, node: host_path, dev: numbers, dir_id });
             scan.devices.push(device);
         }
     }
+    cache.end_scan();
     scan
 }
 
@@ -117,6 +219,7 @@ fn collect(
     layout: &Layout,
     functions: &mut BTreeMap<PciAddress, Function>,
     seen: &mut HashSet<PathBuf>,
+    cache: &mut Cache,
     problems: &mut Vec<String>,
 ) {
     let class_dir = sys.join(layout.class_dir);
@@ -155,10 +258,8 @@ fn collect(
                     ports.push(child);
                 }
             } else if name.starts_with(layout.fme_prefix) {
-                fme_ports = sysfs::read_attr(&child.join("ports_num"))
-                    .ok()
-                    .and_then(|s| sysfs::parse_small_uint(&s))
-                    .or(fme_ports);
+                fme_ports =
+                    cache.read_fixed(&child, "ports_num").ok().and_then(|s| sysfs::parse_small_uint(&s)).or(fme_ports);
             }
         }
         if ports.is_empty() {
@@ -200,9 +301,9 @@ fn sorted_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn numa_node(function_dir: &Path, problems: &mut Vec<String>) -> Option<i64> {
+fn numa_node(function_dir: &Path, cache: &mut Cache, problems: &mut Vec<String>) -> Option<i64> {
     let path = function_dir.join("numa_node");
-    let text = sysfs::read_attr(&path).ok()?;
+    let text = cache.read_fixed(function_dir, "numa_node").ok()?;
     sysfs::parse_numa_node(&text).unwrap_or_else(|sysfs::Malformed| {
         problems.push(format!("ignoring {}: not a NUMA node: {:?}", path.display(), text.trim()));
         None
@@ -230,10 +331,10 @@ fn port_afu(port: &Path) -> (Option<String>, Option<Health>) {
     }
 }
 
-/// A port is unhealthy when its device node is missing, when an error is latched in `errors/errors`, or
-/// when its AFU says so (`afu` from `port_afu`: none loaded, unreadable). A transient read error leaves the
-/// health unknown.
-fn port_health(port: &Path, node: &Path, afu: Option<Health>) -> Health {
+/// A port is unhealthy when its device node is missing (or is a character device with another number than
+/// `numbers`, the port's `dev`), when an error is latched in `errors/errors`, or when its AFU says so (`afu`
+/// from `port_afu`: none loaded, unreadable). A transient read error leaves the health unknown.
+fn port_health(port: &Path, node: &Path, numbers: Option<(u32, u32)>, afu: Option<Health>) -> Health {
     let meta = match std::fs::metadata(node) {
         Ok(meta) => meta,
         Err(_) => return Health::Unhealthy(format!("device node {} is missing", node.display())),
@@ -241,7 +342,7 @@ fn port_health(port: &Path, node: &Path, afu: Option<Health>) -> Health {
     // A character device left over from an earlier driver load can carry the right name and the wrong
     // number: then it is not this port.
     if meta.file_type().is_char_device() {
-        if let Some((major, minor)) = sysfs::read_attr(&port.join("dev")).ok().and_then(|s| sysfs::parse_dev(&s)) {
+        if let Some((major, minor)) = numbers {
             let rdev = meta.rdev();
             let (node_major, node_minor) = (libc::major(rdev), libc::minor(rdev));
             if (node_major, node_minor) != (major, minor) {

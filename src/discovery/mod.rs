@@ -48,17 +48,24 @@ pub struct Roots {
 }
 
 /// What one scan found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Scan {
     pub devices: Vec<Device>,
     /// Entries that were skipped or degraded, each naming the path and the cause.
     pub problems: Vec<String>,
+    /// What a health pass reads of each Intel port until the next full discovery (none for AWS units).
+    pub ports: Vec<intel::PortPaths>,
 }
 
 pub fn scan(backend: Backend, roots: &Roots) -> Scan {
+    scan_with(backend, roots, &mut intel::Cache::default())
+}
+
+/// A full discovery that keeps what does not change between scans in `cache` (see `intel::Cache`).
+pub fn scan_with(backend: Backend, roots: &Roots, cache: &mut intel::Cache) -> Scan {
     match backend {
-        Backend::Intel => intel::scan(&roots.sysfs, &roots.dev),
-        Backend::Aws { units } => Scan { devices: aws::scan(units), problems: Vec::new() },
+        Backend::Intel => intel::scan_with(&roots.sysfs, &roots.dev, cache),
+        Backend::Aws { units } => Scan { devices: aws::scan(units), ..Scan::default() },
     }
 }
 

@@ -1,0 +1,100 @@
+//! The health pass (`--health-interval`, 1 s by default): port errors, an unloaded AFU and their recovery
+//! reach the kubelet within 1.5 s at default flags, without a full discovery (the default `--scan-interval`
+//! is 30 s, and a sysfs attribute change makes no device-node event); a port whose directory disappears or
+//! is replaced between full discoveries is rediscovered. Real binary, simulated kubelet and node.
+
+mod common;
+
+use common::{Rig, WAIT};
+use k8s_accelerator_devplugin::sim::{sim_write as write, Fme, AFU_ID};
+use std::time::{Duration, Instant};
+
+/// The contract's bound for a health change at default flags.
+const HEALTH_BOUND: Duration = Duration::from_millis(1500);
+
+/// Waits for the list `want` and returns how long it took from `since`; fails past the contract's bound.
+fn within_bound(rig: &Rig, since: Instant, want: &[(&str, &str)], what: &str) -> Duration {
+    rig.wait_list(want);
+    let took = since.elapsed();
+    assert!(took <= HEALTH_BOUND, "{what} took {took:?}, more than {HEALTH_BOUND:?}");
+    took
+}
+
+#[test]
+fn health_changes_reach_the_kubelet_within_a_second_and_a_half_at_default_flags() {
+    let rig = Rig::new();
+    let ports = rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let p = rig.plugin(&[]);
+    rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
+    assert!(p.log().contains("discovery every 30s, health every 1s"), "{}", p.log());
+
+    let t = Instant::now();
+    write(&ports[0].join("errors/errors"), "0x40\n").unwrap();
+    within_bound(&rig, t, &[("0000:5e:00.0", "Unhealthy")], "an error");
+    let t = Instant::now();
+    write(&ports[0].join("errors/errors"), "0x0\n").unwrap();
+    within_bound(&rig, t, &[("0000:5e:00.0", "Healthy")], "its recovery");
+    let t = Instant::now();
+    rig.node.set_afu(&ports[0], &"f".repeat(32)).unwrap();
+    within_bound(&rig, t, &[("0000:5e:00.0", "Unhealthy")], "a blank AFU");
+    let t = Instant::now();
+    rig.node.set_afu(&ports[0], AFU_ID).unwrap();
+    within_bound(&rig, t, &[("0000:5e:00.0", "Healthy")], "an AFU loaded again");
+    // All of it by health passes: the only full discovery was the first.
+    assert_eq!(p.log().matches("rediscovering").count(), 0, "{}", p.log());
+}
+
+#[test]
+fn a_port_whose_directory_disappears_between_scans_is_removed() {
+    let rig = Rig::new();
+    let gone = rig.node.dfl_card("0000:3b:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    rig.node.dfl_card("0000:86:00.0", 1, 1, Some(Fme { instance: 1, ports_num: 1 }), &[(1, 0)]).unwrap();
+    let p = rig.plugin(&[]);
+    rig.wait_list(&[("0000:3b:00.0", "Healthy"), ("0000:86:00.0", "Healthy")]);
+    // Only the sysfs directory: its device node stays, so no device-node event tells the plugin.
+    let t = Instant::now();
+    std::fs::remove_dir_all(&gone[0]).unwrap();
+    within_bound(&rig, t, &[("0000:86:00.0", "Healthy")], "a vanished port");
+    assert!(p.log().contains("is gone since the last discovery: rediscovering"), "{}", p.log());
+    assert!(p.log().contains("device 0000:3b:00.0 vanished"), "{}", p.log());
+}
+
+#[test]
+fn a_card_replaced_at_the_same_address_is_rediscovered() {
+    let rig = Rig::new();
+    let node = &rig.node;
+    // Two ports on one function: their IDs carry the port `id`.
+    node.dfl_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 0), (1, 1)]).unwrap();
+    let p = rig.plugin(&["--afu-resource", "auto"]);
+    let first = format!("b-com.com/afu-{AFU_ID}");
+    let ids = |l: &[k8s_accelerator_devplugin::api::Device]| -> Vec<String> {
+        let mut v: Vec<String> = l.iter().map(|d| d.ID.clone()).collect();
+        v.sort();
+        v
+    };
+    rig.kubelet.wait_devices_of(&first, WAIT, |l| ids(l) == ["0000:5e:00.0-0", "0000:5e:00.0-1"]).unwrap();
+
+    // Another card at the same address: other port ids, another AFU. Its device nodes keep their names
+    // and are rewritten in place, so no device-node event tells the plugin: the health pass must see that
+    // the port directories are new ones, and not reuse what it read of the old card.
+    let function = node.sysfs().join("devices/pci0000:00/0000:00:01.0/0000:5e:00.0");
+    assert!(function.is_dir(), "the simulated layout changed: {}", function.display());
+    std::fs::remove_dir_all(&function).unwrap();
+    // Its class links: the port's region, and its FME's partial-reconfiguration region.
+    for link in ["region0", "region100000"] {
+        std::fs::remove_file(node.sysfs().join("class/fpga_region").join(link)).unwrap();
+    }
+    let t = Instant::now();
+    let ports = node.dfl_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 6), (1, 7)]);
+    let second_afu = "00112233445566778899aabbccddeeff";
+    for port in ports.unwrap() {
+        node.set_afu(&port, second_afu).unwrap();
+    }
+    let second = format!("b-com.com/afu-{second_afu}");
+    rig.kubelet
+        .wait_devices_of(&second, WAIT, |l| ids(l) == ["0000:5e:00.0-6", "0000:5e:00.0-7"])
+        .unwrap_or_else(|| panic!("the new card's ports under {second}\n{}", p.log()));
+    let took = t.elapsed();
+    assert!(took <= HEALTH_BOUND, "the replaced card took {took:?}");
+    rig.kubelet.wait_devices_of(&first, WAIT, |l| l.is_empty()).unwrap();
+}
