@@ -168,18 +168,14 @@ fn resources(bin: &PathBuf, (rss_one, threads_one): (u64, u64)) -> Res<()> {
     node.set_afu(&node.sysfs().join("class/fpga_region/region9/dfl-port.9"), &"f".repeat(32))?;
     let dir = TempDir::new("bench-kubelet")?;
     let kubelet = FakeKubelet::start(dir.path())?;
-    let child = Guard(
-        Command::new(bin)
-            .args(["--device-plugin-path", &dir.path().display().to_string()])
-            .args(["--sysfs-root", &node.sysfs().display().to_string()])
-            .args(["--dev-root", &node.dev().display().to_string()])
-            .args(["--afu-resource", &format!("example.com/one={}", afus[0])])
-            .args(["--afu-resource", &format!("example.com/two={}", afus[1])])
-            .args(["--afu-resource", "auto"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let one = format!("example.com/one={}", afus[0]);
+    let two = format!("example.com/two={}", afus[1]);
+    let child = spawn_quiet(
+        bin,
+        dir.path(),
+        &node,
+        &["--afu-resource", &one, "--afu-resource", &two, "--afu-resource", "auto"],
+    )?;
     let auto = format!("b-com.com/afu-{}", afus[2]);
     for resource in ["b-com.com/accelerator", "example.com/one", "example.com/two", auto.as_str()] {
         kubelet.wait_devices_of(resource, WAIT, |d| d.len() == 1).ok_or(format!("no list of {resource}"))?;
@@ -222,15 +218,7 @@ fn health(bin: &PathBuf) -> Res<()> {
     }
     let dir = TempDir::new("bench-kubelet")?;
     let kubelet = FakeKubelet::start(dir.path())?;
-    let child = Guard(
-        Command::new(bin)
-            .args(["--device-plugin-path", &dir.path().display().to_string()])
-            .args(["--sysfs-root", &node.sysfs().display().to_string()])
-            .args(["--dev-root", &node.dev().display().to_string()])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let child = spawn_quiet(bin, dir.path(), &node, &[])?;
     let pid = child.0.id();
     kubelet.wait_devices(WAIT, |d| d.len() == PORTS as usize).ok_or("no list of 64 ports")?;
     std::thread::sleep(Duration::from_secs(10));
@@ -388,6 +376,20 @@ fn scans() -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// The plugin against `node` and the kubelet directory `dir`, with `extra` flags, its log discarded.
+fn spawn_quiet(bin: &PathBuf, dir: &std::path::Path, node: &SimNode, extra: &[&str]) -> Res<Guard> {
+    Ok(Guard(
+        Command::new(bin)
+            .args(["--device-plugin-path", &dir.display().to_string()])
+            .args(["--sysfs-root", &node.sysfs().display().to_string()])
+            .args(["--dev-root", &node.dev().display().to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ))
 }
 
 /// Kills the plugin if the benchmark fails half-way.

@@ -194,6 +194,13 @@ impl SpecFile {
         self.sync(&mut state);
     }
 
+    /// Rewrites the file if it is not what we last wrote (removed or changed by someone else), or if the
+    /// last write failed: one `stat` when all is well.
+    pub fn check(&self) {
+        let mut state = self.state();
+        self.sync(&mut state);
+    }
+
     /// The resource's socket is ours: from now on the file is ours to write, starting now.
     pub fn own(&self) {
         let mut state = self.state();
@@ -261,8 +268,8 @@ impl SpecFile {
                 let e = e.to_string();
                 if state.error.as_ref() != Some(&e) {
                     log::warn!(
-                        "cannot write the CDI spec of {} in {}: {e}; Allocate fails until it can (retried at \
-                         every scan)",
+                        "cannot write the CDI spec of {} in {}: {e}; Allocate fails until it can (retried every \
+                         5 s)",
                         self.resource,
                         dir.display()
                     );

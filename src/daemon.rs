@@ -104,6 +104,12 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
     result
 }
 
+/// How often the event loop checks what inotify may have missed (our socket and `kubelet.sock`, through the
+/// registration thread; the two watches; the CDI spec files, and stale ones), and rediscovers after a full
+/// discovery that reported a problem (a port half-created when it was scanned heals within this long). At
+/// most `--scan-interval`.
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The two directories we follow. A directory that cannot be watched (yet) is retried every tick.
 #[derive(Default)]
 struct Watches {
@@ -134,7 +140,7 @@ impl Watch {
                 self.warned = false;
             }
             Err(e) if !self.warned => {
-                log::warn!("cannot watch {}: {e}; checking it every scan interval instead", dir.display());
+                log::warn!("cannot watch {}: {e}; checking it every 5 s instead", dir.display());
                 self.warned = true;
             }
             Err(_) => {}
@@ -166,11 +172,16 @@ fn event_loop(
 ) -> Result<(), Error> {
     watches.ensure(inotify, settings);
     let mut next_tick = Instant::now() + settings.scan_interval;
+    let check_interval = CHECK_INTERVAL.min(settings.scan_interval);
+    let mut next_check = Instant::now() + check_interval;
     // Only Intel ports have health to read between scans; AWS units never change.
     let health_passes = settings.backend.is_dynamic();
     let mut next_health = Instant::now() + settings.health_interval;
     loop {
-        let deadline = if health_passes { next_tick.min(next_health) } else { next_tick };
+        let mut deadline = next_tick.min(next_check);
+        if health_passes {
+            deadline = deadline.min(next_health);
+        }
         let timeout = deadline.saturating_duration_since(Instant::now());
         let mut fds = [
             libc::pollfd { fd: control.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -230,9 +241,16 @@ fn event_loop(
 
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + settings.scan_interval;
+            rescan |= settings.backend.is_dynamic();
+        }
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + check_interval;
             watches.ensure(inotify, settings);
             let _ = events.send(Event::Tick);
-            rescan |= settings.backend.is_dynamic();
+            scanner.check_cdi_specs();
+            // A port half-created when it was discovered (its `id` not there yet, a dangling link) is
+            // looked at again soon, not at the next full discovery.
+            rescan |= settings.backend.is_dynamic() && !scanner.found_problems.is_empty();
         }
         if rescan {
             scanner.scan();
@@ -267,17 +285,18 @@ struct Scanner {
     cdi_dir: Option<PathBuf>,
     cdi_files: BTreeMap<String, Arc<crate::cdi::SpecFile>>,
     /// Whether spec files of ours that this process does not keep may still be in the CDI directory: looked
-    /// for at every scan until none is left (an older instance may still serve them at first).
+    /// for at every check until none is left (an older instance may still serve them at first).
     cdi_stale_left: bool,
-    /// Stale files that could not be removed: logged once, retried at every scan.
+    /// Stale files that could not be removed: logged once, retried at every check.
     cdi_stale_failing: HashSet<String>,
-    /// What the last full discovery found, as it found it, and the paths a health pass reads for each of
-    /// those devices (Intel ports: the same order, one each), and the problems it reported.
+    /// What the last full discovery found, as it found it.
     found: Vec<crate::device::Device>,
+    /// The paths a health pass reads for each of `found` (Intel ports: the same order, one each).
+    ports: Vec<discovery::intel::PortPaths>,
+    /// The problems the last full discovery reported.
+    found_problems: Vec<String>,
     /// What full discoveries keep from one to the next.
     cache: discovery::intel::Cache,
-    ports: Vec<discovery::intel::PortPaths>,
-    found_problems: Vec<String>,
 }
 
 impl Scanner {
@@ -433,9 +452,20 @@ impl Scanner {
 }
 
 impl Scanner {
+    /// Rewrites a spec file removed or changed by someone else, retries one that could not be written, and
+    /// looks for stale ones (see `cdi::SpecFile`).
+    fn check_cdi_specs(&mut self) {
+        for spec in self.cdi_files.values() {
+            spec.check();
+        }
+        if self.cdi_stale_left {
+            self.remove_stale_cdi_specs();
+        }
+    }
+
     /// Removes the spec files of ours that this process does not keep and no running instance serves (their
     /// socket's lock is free): a resource of an earlier configuration, a temporary file left by a crash. One
-    /// that another instance still serves (a rolling update) is looked at again at the next scan.
+    /// that another instance still serves (a rolling update) is looked at again at the next check.
     fn remove_stale_cdi_specs(&mut self) {
         let Some(dir) = &self.cdi_dir else { return };
         // Not before this process serves: during a rolling update the old instance's files are its own.

@@ -231,3 +231,28 @@ fn the_cache_keeps_fixed_attributes_until_their_directory_is_another() {
     assert_eq!(device(&replaced, "0000:5e:00.0-6").numa_node, Some(1));
     assert_eq!(replaced, discovery::scan(Backend::Intel, &roots(&node)));
 }
+
+#[test]
+fn a_health_pass_reads_the_port_and_gives_up_on_a_directory_gone_or_replaced() {
+    let node = SimNode::new().unwrap();
+    let ports = node.dfl_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let found = scan(&node);
+    let paths = &found.ports[0];
+    assert_eq!(paths.id, "0000:5e:00.0");
+    let health = discovery::intel::health;
+    assert_eq!(health(paths).map(|(_, h)| h), Some(Health::Healthy));
+    write(&ports[0].join("errors/errors"), "0x2\n").unwrap();
+    assert!(matches!(health(paths), Some((Some(_), Health::Unhealthy(why))) if why.contains("0x2")));
+    node.set_afu(&ports[0], &"f".repeat(32)).unwrap();
+    write(&ports[0].join("errors/errors"), "0x0\n").unwrap();
+    assert!(matches!(health(paths), Some((None, Health::Unhealthy(why))) if why.contains("all f")));
+
+    // The same path, another directory (a port made again): None, so that a full discovery reads it anew.
+    let real = paths.dir.clone();
+    fs::remove_dir_all(&real).unwrap();
+    assert_eq!(health(paths), None, "gone");
+    fs::create_dir_all(real.join("errors")).unwrap();
+    write(&real.join("afu_id"), &format!("{}\n", k8s_accelerator_devplugin::sim::AFU_ID)).unwrap();
+    write(&real.join("errors/errors"), "0x0\n").unwrap();
+    assert_eq!(health(paths), None, "replaced");
+}

@@ -49,23 +49,27 @@ pub struct PortPaths {
     /// The port's `dev` attribute (`major:minor`), which is fixed while the directory exists; None when it
     /// could not be read.
     pub dev: Option<(u32, u32)>,
-    /// The directory's identity (inode number and change time) when it was discovered: a port removed and
-    /// another created at the same path (a card replaced at the same PCI address) has another, so what was
-    /// read of the old one (its ID, its `dev`) is never used for the new one.
+    /// The directory's identity when it was discovered: a port removed and another created at the same path
+    /// (a card replaced at the same PCI address) has another, so what was read of the old one (its ID, its
+    /// `dev`) is never used for the new one. None when it could not be read: every pass then rediscovers.
     pub dir_id: Option<DirId>,
 }
 
-/// A directory's inode number and change time (seconds, nanoseconds).
-pub type DirId = (u64, i64, i64);
+/// A directory's identity: device, inode number and, where the filesystem keeps one, birth time. sysfs
+/// (kernfs) never reuses an inode number on 64-bit (it carries a generation) and keeps no birth time;
+/// other filesystems (a test's tree) may reuse a freed number, and their birth time tells the two apart.
+/// The change time is not used: kernfs sets it when it makes the in-memory inode, which it may drop and
+/// make again at any time.
+pub type DirId = (u64, u64, Option<std::time::SystemTime>);
 
 fn dir_id(dir: &Path) -> Option<DirId> {
-    std::fs::metadata(dir).ok().map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino(), m.created().ok()))
 }
 
 /// A health pass over one port: its AFU and health, read through remembered paths, in 8 system calls: a
 /// `stat` of its directory, an open, a read and a close of `afu_id` and of `errors/errors`, a `stat` of the
-/// device node. None: the directory is gone (a hot-remove, a release to a VF) or is another one (a card
-/// replaced), which only a full discovery can sort out.
+/// device node. None: the directory is gone (a hot-remove, a release to a VF), is another one (a card
+/// replaced), or its identity could not be read at discovery; only a full discovery can sort that out.
 pub fn health(port: &PortPaths) -> Option<(Option<String>, Health)> {
     if dir_id(&port.dir) != port.dir_id || port.dir_id.is_none() {
         return None;
