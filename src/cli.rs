@@ -32,8 +32,10 @@ Options:
                                containers as CDI devices [default: off: device nodes in Allocate]
   --sysfs-root DIR             Where the host's sysfs is mounted [default: /sys]
   --dev-root DIR               Where the host's device nodes are [default: /dev]
-  --scan-interval DURATION     Full rediscovery period, e.g. 200ms, 5s, 1m [default: 30s]
-  --health-interval DURATION   How often the known ports' health and AFU are read (Intel) [default: 1s]
+  --scan-interval DURATION     Full rediscovery period, e.g. 200ms, 5s, 1m (durations: a whole number
+                               and ms, s, m or h, 10ms to 24h) [default: 30s]
+  --health-interval DURATION   How often the known ports' health and AFU are read (Intel), e.g. 500ms, 2s
+                               [default: 1s]
   --log-level LEVEL            error|warn|info|debug|trace [default: info]
   --log-file PATH              Also log to this file (- or absent: stderr only)
   -h, --help                   Print this help

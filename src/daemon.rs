@@ -421,7 +421,8 @@ impl Scanner {
                 if !changes.is_empty() {
                     let of = if single { String::new() } else { format!(" of {resource}") };
                     log_changes(changes, &moved, &of);
-                    log::info!("advertising {count} devices{of}");
+                    let devices = if count == 1 { "device" } else { "devices" };
+                    log::info!("advertising {count} {devices}{of}");
                 }
             });
             // Announced once its list is in place, so that its first ListAndWatch is not empty.

@@ -255,4 +255,15 @@ fn a_health_pass_reads_the_port_and_gives_up_on_a_directory_gone_or_replaced() {
     write(&real.join("afu_id"), &format!("{}\n", k8s_accelerator_devplugin::sim::AFU_ID)).unwrap();
     write(&real.join("errors/errors"), "0x0\n").unwrap();
     assert_eq!(health(paths), None, "replaced");
+
+    // Something at the node's path that can be no port's node.
+    let node_path = node.dev().join("dfl-port.0");
+    fs::remove_file(&node_path).unwrap();
+    fs::create_dir(&node_path).unwrap();
+    let s = scan(&node);
+    assert!(
+        matches!(&s.devices[0].health, Health::Unhealthy(why) if why.contains("is not a character device")),
+        "{:?}",
+        s.devices[0].health
+    );
 }

@@ -343,9 +343,15 @@ fn port_health(port: &Path, node: &Path, numbers: Option<(u32, u32)>, afu: Optio
         Ok(meta) => meta,
         Err(_) => return Health::Unhealthy(format!("device node {} is missing", node.display())),
     };
+    // A directory, a block device, a FIFO or a socket at the node's path can be no port's node. (A regular
+    // file is let through: the simulated nodes of the tests and the demo are plain files.)
+    let kind = meta.file_type();
+    if kind.is_dir() || kind.is_block_device() || kind.is_fifo() || kind.is_socket() {
+        return Health::Unhealthy(format!("device node {} is not a character device", node.display()));
+    }
     // A character device left over from an earlier driver load can carry the right name and the wrong
     // number: then it is not this port.
-    if meta.file_type().is_char_device() {
+    if kind.is_char_device() {
         if let Some((major, minor)) = numbers {
             let rdev = meta.rdev();
             let (node_major, node_minor) = (libc::major(rdev), libc::minor(rdev));
