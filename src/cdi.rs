@@ -214,9 +214,11 @@ impl SpecFile {
     }
 
     /// Ok when the file describes the devices as they are advertised; Err says why not (for Allocate's
-    /// UNAVAILABLE status).
+    /// UNAVAILABLE status). One `stat`: a file removed or changed on disk since it was written is written
+    /// again first (the runtime reads the file, not our memory of it).
     pub fn ready(&self) -> Result<(), String> {
-        let state = self.state();
+        let mut state = self.state();
+        self.sync(&mut state);
         match (&state.wanted, &state.written, &state.error) {
             (Some(wanted), Some((written, _)), None) if wanted == written => Ok(()),
             (_, _, Some(e)) => Err(format!("the CDI spec {} cannot be written: {e}", self.path.display())),
@@ -243,7 +245,9 @@ impl SpecFile {
         }
         let on_disk = file_id(&self.path);
         if let Some((written, id)) = &state.written {
-            if *written == wanted && *id == on_disk && state.error.is_none() {
+            // A file that should be there and was not seen after its rename is written again.
+            let seen = id.is_some() == wanted.is_some();
+            if *written == wanted && *id == on_disk && seen && state.error.is_none() {
                 return;
             }
         }

@@ -330,6 +330,8 @@ fn allocate_waits_for_a_spec_that_can_be_written_and_a_spec_tampered_with_is_rew
     p.signal(libc::SIGHUP);
     let spec = missing.join(SPEC);
     assert!(common::wait_until(WAIT, || spec.exists()), "{}", p.log());
+    // SIGHUP also registers again (a new server on a new socket): Allocate once that is done.
+    rig.kubelet.wait_registration(2, WAIT).expect("registered again after SIGHUP");
     let resp = allocate_one(&rig, "0000:5e:00.0").expect("Allocate once the spec is there");
     assert_eq!(resp.container_responses[0].cdi_devices.len(), 1);
 
@@ -343,6 +345,22 @@ fn allocate_waits_for_a_spec_that_can_be_written_and_a_spec_tampered_with_is_rew
     p.signal(libc::SIGHUP);
     assert!(common::wait_until(WAIT, || std::fs::read_to_string(&spec).unwrap() == good), "{}", p.log());
     assert!(p.log().contains("(it had been removed or changed by another process)"), "{}", p.log());
+
+    // Removed just before an Allocate: the Allocate writes it again before naming its devices.
+    // Once registered again after the last SIGHUP (several close together make one Register).
+    let settled = || {
+        let log = p.log();
+        log.rfind("registered b-com.com/accelerator with").unwrap_or(0) > log.rfind("SIGHUP").unwrap_or(0)
+    };
+    assert!(common::wait_until(WAIT, settled), "{}", p.log());
+    std::fs::remove_file(&spec).unwrap();
+    let resp = allocate_one(&rig, "0000:5e:00.0").expect("Allocate with the spec removed");
+    assert_eq!(resp.container_responses[0].cdi_devices.len(), 1);
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), good, "rewritten by the Allocate itself");
+
+    // Removed with no signal: the 5 s check puts it back.
+    std::fs::remove_file(&spec).unwrap();
+    assert!(common::wait_until(Duration::from_secs(8), || spec.exists()), "{}", p.log());
 }
 
 #[test]
@@ -361,8 +379,10 @@ fn a_waiting_instance_leaves_the_serving_ones_spec_alone() {
     let gzip = "example.com/gzip";
     let second = rig.plugin(&["--cdi-spec-dir", dir, "--afu-resource", &format!("{gzip}={}", AFU_ID)]);
     assert!(second.wait_log("waiting for it to stop", WAIT), "{}", second.log());
+    // Its rescan (SIGHUP) and one 5 s check come and go.
     second.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(second.wait_log("SIGHUP: rescanning", WAIT), "{}", second.log());
+    std::thread::sleep(Duration::from_millis(5500));
     assert_eq!(std::fs::read_to_string(&spec).unwrap(), served, "the serving instance's spec is untouched");
     assert_eq!(names_in(cdi.path()), [SPEC], "{}", second.log());
 
