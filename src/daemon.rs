@@ -83,6 +83,7 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
         cdi_stale_failing: HashSet::new(),
         found: Vec::new(),
         cache: discovery::intel::Cache::default(),
+        files: Vec::new(),
         ports: Vec::new(),
         found_problems: Vec::new(),
     };
@@ -293,6 +294,8 @@ struct Scanner {
     found: Vec<crate::device::Device>,
     /// The paths a health pass reads for each of `found` (Intel ports: the same order, one each).
     ports: Vec<discovery::intel::PortPaths>,
+    /// The attribute files of `ports`, kept open from one health pass to the next (two per port).
+    files: Vec<discovery::intel::PortFiles>,
     /// The problems the last full discovery reported.
     found_problems: Vec<String>,
     /// What full discoveries keep from one to the next.
@@ -325,6 +328,8 @@ impl Scanner {
         let scan = discovery::scan_with(self.backend, &self.roots, &mut self.cache);
         self.found = scan.devices.clone();
         self.ports = scan.ports;
+        // Opened again at the next health pass, for the ports this discovery found.
+        self.files.clear();
         self.found_problems = scan.problems;
         self.publish(scan.devices);
     }
@@ -333,9 +338,17 @@ impl Scanner {
     /// and publishes what changed. False when a port's directory is gone: the caller runs a full discovery,
     /// which treats it as a hot-remove.
     fn health_pass(&mut self) -> bool {
+        if self.files.len() != self.ports.len() {
+            // Two descriptors per port, for as many ports as the descriptor limit leaves room for; the others
+            // are read through their paths.
+            let kept = descriptors_to_spare() / 2;
+            self.files = (self.ports.iter().enumerate())
+                .map(|(i, port)| if i < kept { discovery::intel::PortFiles::open(port) } else { Default::default() })
+                .collect();
+        }
         let mut changed = false;
-        for (device, port) in self.found.iter_mut().zip(&self.ports) {
-            let Some((afu_id, health)) = discovery::intel::health(port) else {
+        for ((device, port), files) in self.found.iter_mut().zip(&self.ports).zip(&self.files) {
+            let Some((afu_id, health)) = discovery::intel::health(port, files) else {
                 log::debug!("{} is gone since the last discovery: rediscovering", port.dir.display());
                 return false;
             };
@@ -507,6 +520,37 @@ impl Scanner {
         }
         self.cdi_stale_left = left;
     }
+}
+
+/// Descriptors that the health pass may keep open: the soft `RLIMIT_NOFILE` (see `raise_descriptor_limit`)
+/// less what the rest of the process may need (sockets, streams, gRPC core's own, inotify), kept at 256.
+fn descriptors_to_spare() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).saturating_sub(256)
+}
+
+/// Raises the soft limit on open descriptors to the hard one, as the Go runtime does for every program: the
+/// health pass keeps two per port, and the usual soft limit (1024) would leave a large node's ports to be
+/// read through their paths. Returns the new soft limit; a failure leaves the limit as it was.
+pub fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read or write only the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 /// Logs a registry update: `of` names the resource when there are several (empty otherwise).

@@ -102,6 +102,9 @@ fn main() -> ExitCode {
     if options.cdi_spec_dir.is_some() && !backend.is_dynamic() {
         log::info!("--cdi-spec-dir: AWS units have no device node, so no CDI spec is written and none is named");
     }
+    if backend.is_dynamic() {
+        log::debug!("open descriptors: up to {}", daemon::raise_descriptor_limit());
+    }
     let settings = Settings {
         backend,
         routes,

@@ -239,7 +239,14 @@ fn a_health_pass_reads_the_port_and_gives_up_on_a_directory_gone_or_replaced() {
     let found = scan(&node);
     let paths = &found.ports[0];
     assert_eq!(paths.id, "0000:5e:00.0");
-    let health = discovery::intel::health;
+    // Through kept descriptors (the daemon's way), and through paths when none could be opened.
+    let files = discovery::intel::PortFiles::open(paths);
+    let none = discovery::intel::PortFiles::default();
+    let health = |p| {
+        let kept = discovery::intel::health(p, &files);
+        assert_eq!(kept, discovery::intel::health(p, &none), "kept descriptors read what the paths hold");
+        kept
+    };
     assert_eq!(health(paths).map(|(_, h)| h), Some(Health::Healthy));
     write(&ports[0].join("errors/errors"), "0x2\n").unwrap();
     assert!(matches!(health(paths), Some((Some(_), Health::Unhealthy(why))) if why.contains("0x2")));

@@ -118,12 +118,15 @@ pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
 /// Reads a sysfs attribute in three system calls: open, one read, close; no stat (sysfs reports a size of
 /// 4096 for every attribute anyway). Attributes the plugin reads are a line; anything longer is cut at
 /// 4 KiB.
-///
-/// The open asks for no `O_CLOEXEC`, unlike `File::open`: musl (the static build) adds an `fcntl` to every
-/// open that asks for it, which would make the health pass 10 system calls per port instead of 8, and
-/// this process never executes another program, so there is nothing for the flag to protect.
 pub fn read_attr(path: &Path) -> io::Result<String> {
-    use std::io::Read;
+    reread_attr(&open_attr(path)?)
+}
+
+/// Opens a sysfs attribute for reading. The open asks for no `O_CLOEXEC`, unlike `File::open`: musl (the
+/// static build) adds an `fcntl` to every open that asks for it, which would make the health pass 10
+/// system calls per port instead of 8, and this process never executes another program, so there is
+/// nothing for the flag to protect.
+pub fn open_attr(path: &Path) -> io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
@@ -134,10 +137,17 @@ pub fn read_attr(path: &Path) -> io::Result<String> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fd is a descriptor we just opened and own.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Reads an open sysfs attribute from its start: one `pread` at offset 0, for which sysfs makes the
+/// attribute's text anew (so a descriptor kept open reads the current value every time). A read of an
+/// attribute whose device is gone fails (`ENODEV`).
+pub fn reread_attr(file: &std::fs::File) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 4096];
     let n = loop {
-        match file.read(&mut buf) {
+        match file.read_at(&mut buf, 0) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => break other?,
         }
