@@ -522,15 +522,17 @@ impl Scanner {
     }
 }
 
-/// Descriptors that the health pass may keep open: the soft `RLIMIT_NOFILE` (see `raise_descriptor_limit`)
-/// less what the rest of the process may need (sockets, streams, gRPC core's own, inotify), kept at 256.
+/// Descriptors that the health pass may keep open: at most half the soft `RLIMIT_NOFILE` (see
+/// `raise_descriptor_limit`), and never the last 256, so that sockets, streams (which grow with resources),
+/// gRPC core and discovery's own opens always have room.
 fn descriptors_to_spare() -> usize {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct we pass and nothing else.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return 0;
     }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).saturating_sub(256)
+    let soft = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    (soft / 2).min(soft.saturating_sub(256))
 }
 
 /// Raises the soft limit on open descriptors to the hard one, as the Go runtime does for every program: the

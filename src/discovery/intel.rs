@@ -86,9 +86,13 @@ impl PortFiles {
     }
 }
 
+/// Reads an attribute through its kept descriptor, or its path. A kept descriptor whose attribute the kernel
+/// removed (`ENODEV`: the driver unbound and bound again, which makes its attributes anew in the same
+/// directory) is read through the path instead, which gives what the attribute is now, or `NotFound`.
 fn reread(file: &Option<std::fs::File>, path: &Path) -> io::Result<String> {
-    match file {
-        Some(file) => sysfs::reread_attr(file),
+    match file.as_ref().map(sysfs::reread_attr) {
+        Some(Err(e)) if e.raw_os_error() == Some(libc::ENODEV) => sysfs::read_attr(path),
+        Some(result) => result,
         None => sysfs::read_attr(path),
     }
 }

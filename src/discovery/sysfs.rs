@@ -115,17 +115,17 @@ pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
     Some((number(major)?, number(minor)?))
 }
 
-/// Reads a sysfs attribute in three system calls: open, one read, close; no stat (sysfs reports a size of
-/// 4096 for every attribute anyway). Attributes the plugin reads are a line; anything longer is cut at
-/// 4 KiB.
+/// Reads a sysfs attribute in three system calls: open, one `pread` at offset 0, close; no stat (sysfs
+/// reports a size of 4096 for every attribute anyway). Attributes the plugin reads are a line; anything
+/// longer is cut at 4 KiB.
 pub fn read_attr(path: &Path) -> io::Result<String> {
     reread_attr(&open_attr(path)?)
 }
 
 /// Opens a sysfs attribute for reading. The open asks for no `O_CLOEXEC`, unlike `File::open`: musl (the
-/// static build) adds an `fcntl` to every open that asks for it, which would make the health pass 10
-/// system calls per port instead of 8, and this process never executes another program, so there is
-/// nothing for the flag to protect.
+/// static build) adds an `fcntl` to every open that asks for it (one call more for each attribute read
+/// through its path), and this process never executes another program, so there is nothing for the flag
+/// to protect.
 pub fn open_attr(path: &Path) -> io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
