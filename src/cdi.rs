@@ -154,6 +154,10 @@ fn file_id(path: &Path) -> Option<FileId> {
 #[derive(Debug)]
 pub struct SpecFile {
     resource: String,
+    /// The socket whose owner writes the file, the directory and the file's name in it.
+    socket_name: String,
+    dir: PathBuf,
+    name: String,
     path: PathBuf,
     state: Mutex<State>,
 }
@@ -173,12 +177,20 @@ struct State {
 impl SpecFile {
     /// The spec file of `resource` in `dir`, named after its socket (`file_name`).
     pub fn new(dir: &Path, socket_name: &str, resource: &str) -> SpecFile {
-        SpecFile { resource: resource.into(), path: dir.join(file_name(socket_name)), state: Mutex::default() }
+        let name = file_name(socket_name);
+        SpecFile {
+            resource: resource.into(),
+            socket_name: socket_name.into(),
+            dir: dir.to_path_buf(),
+            path: dir.join(&name),
+            name,
+            state: Mutex::default(),
+        }
     }
 
-    /// Where the file is.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The socket whose owner writes this file.
+    pub fn socket_name(&self) -> &str {
+        &self.socket_name
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -232,10 +244,7 @@ impl SpecFile {
         if !state.owned {
             return Ok(false);
         }
-        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name().and_then(|n| n.to_str())) else {
-            return Ok(false);
-        };
-        remove(dir, &temporary_name(name))
+        remove(&self.dir, &temporary_name(&self.name))
     }
 
     fn sync(&self, state: &mut State) {
@@ -252,9 +261,7 @@ impl SpecFile {
             }
         }
         let tampered = matches!(&state.written, Some((written, id)) if *written == wanted && *id != on_disk);
-        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name().and_then(|n| n.to_str())) else {
-            return;
-        };
+        let (dir, name) = (&self.dir, &self.name);
         let result = match &wanted {
             Some(text) => write_atomically(dir, name, text).map(|()| Some("wrote")),
             None => remove(dir, name).map(|removed| removed.then_some("removed")),

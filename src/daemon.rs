@@ -446,9 +446,6 @@ impl Scanner {
                 }
             }
         }
-        if self.cdi_stale_left {
-            self.remove_stale_cdi_specs();
-        }
     }
 }
 
@@ -492,7 +489,7 @@ impl Scanner {
         let mut left = false;
         for (file, socket) in crate::cdi::stale(dir, &current) {
             let path = dir.join(&file);
-            let ours = self.cdi_files.values().find(|f| f.path().with_extension("sock").ends_with(&socket));
+            let ours = self.cdi_files.values().find(|f| f.socket_name() == socket);
             let (result, why) = match ours {
                 // A temporary file of one of our own specs: removed under the spec's lock, once it is ours.
                 Some(spec) if spec.owned() => (spec.remove_leftover(), "a temporary file left by a crash".into()),

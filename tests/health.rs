@@ -107,3 +107,19 @@ fn a_health_pass_moves_a_port_whose_afu_changed() {
     assert!(p.log().contains("port 0000:5e:00.0 moved from b-com.com/accelerator to example.com/gzip"), "{}", p.log());
     assert_eq!(p.log().matches("rediscovering").count(), 0, "moved by a health pass\n{}", p.log());
 }
+
+#[test]
+fn a_port_skipped_half_created_is_found_at_the_next_check() {
+    let rig = Rig::new();
+    let ports =
+        rig.node.dfl_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 0), (1, 1)]).unwrap();
+    // Port 1 without its `id` yet: discovery skips it and reports the problem.
+    std::fs::remove_file(ports[1].join("id")).unwrap();
+    let p = rig.plugin(&[]);
+    rig.wait_list(&[("0000:5e:00.0-0", "Healthy")]);
+    // Its `id` appears: no node event, and the next full discovery by the interval is 30 s away; the 5 s
+    // check rediscovers because the last discovery skipped something (the 10 s wait is short of 30 s).
+    write(&ports[1].join("id"), "1\n").unwrap();
+    rig.wait_list(&[("0000:5e:00.0-0", "Healthy"), ("0000:5e:00.0-1", "Healthy")]);
+    assert!(p.log().contains("its `id` is unreadable"), "{}", p.log());
+}
