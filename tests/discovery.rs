@@ -233,6 +233,22 @@ fn the_cache_keeps_fixed_attributes_until_their_directory_is_another() {
 }
 
 #[test]
+fn the_cache_does_not_keep_an_attribute_read_half_written() {
+    let node = SimNode::new().unwrap();
+    let ports =
+        node.dfl_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 0), (1, 1)]).unwrap();
+    // Read between the creation of the file and its write: empty. The port is skipped this time, and its
+    // `id` is read again at the next scan, however long its directory lives.
+    write(&ports[1].join("id"), "").unwrap();
+    let mut cache = discovery::intel::Cache::default();
+    let first = discovery::scan_with(Backend::Intel, &roots(&node), &mut cache);
+    assert_eq!(ids(&first), ["0000:5e:00.0-0"]);
+    write(&ports[1].join("id"), "1\n").unwrap();
+    let next = discovery::scan_with(Backend::Intel, &roots(&node), &mut cache);
+    assert_eq!(ids(&next), ["0000:5e:00.0-0", "0000:5e:00.0-1"]);
+}
+
+#[test]
 fn a_health_pass_reads_the_port_and_gives_up_on_a_directory_gone_or_replaced() {
     let node = SimNode::new().unwrap();
     let ports = node.dfl_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();

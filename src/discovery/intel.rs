@@ -153,8 +153,10 @@ impl Cache {
         id
     }
 
-    /// `dir/name`, from the cache while `dir` is the same directory; failures are not kept.
-    fn read_fixed(&mut self, dir: &Path, name: &str) -> io::Result<String> {
+    /// `dir/name`, from the cache while `dir` is the same directory. Only a text that `valid` accepts is
+    /// kept: one read while the attribute was being written (empty in a test's tree) or otherwise wrong is
+    /// read again at the next scan, not remembered for as long as the directory lives.
+    fn read_fixed(&mut self, dir: &Path, name: &str, valid: fn(&str) -> bool) -> io::Result<String> {
         let path = dir.join(name);
         let id = self.dir_id(dir);
         self.used.insert(path.clone());
@@ -165,10 +167,10 @@ impl Cache {
         }
         let text = sysfs::read_attr(&path)?;
         match id {
-            Some(id) => {
+            Some(id) if valid(&text) => {
                 self.attrs.insert(path, (id, text.clone()));
             }
-            None => {
+            _ => {
                 self.attrs.remove(&path);
             }
         }
@@ -207,7 +209,7 @@ pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
         let mut ids = HashSet::new();
         for port in function.ports {
             let id = if multi {
-                match cache.read_fixed(&port.dir, "id").ok().and_then(|s| sysfs::parse_small_uint(&s)) {
+                match cache.read_fixed(&port.dir, "id", is_small_uint).ok().and_then(|s| sysfs::parse_small_uint(&s)) {
                     Some(n) => format!("{address}-{n}"),
                     None => {
                         scan.problems.push(format!(
@@ -230,7 +232,10 @@ pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
             }
             let host_path = dev.join(&port.name);
             let (afu_id, afu_verdict) = port_afu(&port.dir, sysfs::read_attr);
-            let numbers = cache.read_fixed(&port.dir, "dev").ok().and_then(|s| sysfs::parse_dev(&s));
+            let numbers = cache
+                .read_fixed(&port.dir, "dev", |s| sysfs::parse_dev(s).is_some())
+                .ok()
+                .and_then(|s| sysfs::parse_dev(&s));
             let device = Device {
                 health: port_health(&port.dir, &host_path, numbers, afu_verdict, sysfs::read_attr),
                 afu_id,
@@ -295,8 +300,11 @@ fn collect(
                     ports.push(child);
                 }
             } else if name.starts_with(layout.fme_prefix) {
-                fme_ports =
-                    cache.read_fixed(&child, "ports_num").ok().and_then(|s| sysfs::parse_small_uint(&s)).or(fme_ports);
+                fme_ports = cache
+                    .read_fixed(&child, "ports_num", is_small_uint)
+                    .ok()
+                    .and_then(|s| sysfs::parse_small_uint(&s))
+                    .or(fme_ports);
             }
         }
         if ports.is_empty() {
@@ -338,9 +346,13 @@ fn sorted_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+fn is_small_uint(s: &str) -> bool {
+    sysfs::parse_small_uint(s).is_some()
+}
+
 fn numa_node(function_dir: &Path, cache: &mut Cache, problems: &mut Vec<String>) -> Option<i64> {
     let path = function_dir.join("numa_node");
-    let text = cache.read_fixed(function_dir, "numa_node").ok()?;
+    let text = cache.read_fixed(function_dir, "numa_node", |s| sysfs::parse_numa_node(s).is_ok()).ok()?;
     sysfs::parse_numa_node(&text).unwrap_or_else(|sysfs::Malformed| {
         problems.push(format!("ignoring {}: not a NUMA node: {:?}", path.display(), text.trim()));
         None
