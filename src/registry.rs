@@ -58,7 +58,8 @@ fn to_wire(d: &Device) -> api::Device {
 pub struct Changes {
     pub added: Vec<Device>,
     pub removed: Vec<String>,
-    /// Devices whose advertised health changed, with the new health.
+    /// Devices whose health changed, with the new health: Healthy to Unhealthy and back, and one Unhealthy
+    /// reason to another (which the kubelet does not see, but the log says).
     pub health: Vec<Device>,
 }
 
@@ -138,7 +139,8 @@ pub fn prepare(old: &Snapshot, devices: Vec<Device>) -> (Next, Changes) {
     for d in new.devices() {
         match old.get(&d.id) {
             None => changes.added.push(d.clone()),
-            Some(prev) if prev.health.is_healthy() != d.health.is_healthy() => changes.health.push(d.clone()),
+            // A new reason for being Unhealthy is a change too: the log says what is wrong now.
+            Some(prev) if prev.health != d.health => changes.health.push(d.clone()),
             Some(_) => {}
         }
     }
@@ -187,13 +189,17 @@ mod tests {
         let ids: Vec<_> = list.devices.iter().map(|d| d.ID.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(list.devices[1].topology.nodes[0].ID, 1);
-        // Same wire content, different reason text: nothing sent.
+        // Same wire content: nothing sent.
         assert!(r.update(vec![dev("b", Health::Healthy, Some(1)), dev("a", Health::Healthy, None)]).is_empty());
         assert!(rx.try_recv().is_err());
         let c = r.update(vec![dev("a", Health::Unhealthy("x".into()), None)]);
         assert_eq!(c.removed, ["b"]);
         assert_eq!(c.health.len(), 1);
         assert_eq!(rx.try_recv().unwrap().devices[0].health, "Unhealthy");
+        // Another reason: a change to log, nothing to send.
+        let c = r.update(vec![dev("a", Health::Unhealthy("y".into()), None)]);
+        assert_eq!(c.health.len(), 1);
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

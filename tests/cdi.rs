@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Rig, WAIT};
+use common::{skip, Rig, WAIT};
 use k8s_accelerator_devplugin::api;
 use k8s_accelerator_devplugin::sim::{Fme, SimNode, TempDir, AFU_ID};
 use std::path::{Path, PathBuf};
@@ -12,13 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 
 const SPEC: &str = "k8s-accel-b-com.com_accelerator.json";
-
-/// A test that cannot run here says why and passes, unless `K8S_ACCEL_TEST_STRICT` is set (CI sets it, where
-/// every tool is installed): then it fails.
-fn skip(why: String) {
-    assert!(std::env::var_os("K8S_ACCEL_TEST_STRICT").is_none(), "K8S_ACCEL_TEST_STRICT, and {why}");
-    eprintln!("skipping: {why}");
-}
 
 /// The official CDI schema and its examples: `K8S_ACCEL_CDI_SCHEMA`, or `shared/reference/cdi-schema` beside
 /// the repository (where CI has it).

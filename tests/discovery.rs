@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::summary;
+use common::{skip, summary};
 use k8s_accelerator_devplugin::device::{Device, Health};
 use k8s_accelerator_devplugin::discovery::{self, Backend, Roots, Scan};
 use k8s_accelerator_devplugin::registry::Registry;
@@ -289,4 +289,28 @@ fn a_health_pass_reads_the_port_and_gives_up_on_a_directory_gone_or_replaced() {
         "{:?}",
         s.devices[0].health
     );
+}
+
+/// What the health pass relies on to notice a removed port without a `stat` of its directory: a kept sysfs
+/// attribute of a device the kernel removed fails with `ENODEV` (its link count does not change), so it is
+/// not read as if the device were still there. Checked on this kernel's sysfs with a veth pair (root and
+/// `ip` needed).
+#[test]
+fn a_kept_sysfs_attribute_of_a_removed_device_fails_with_enodev() {
+    use k8s_accelerator_devplugin::discovery::sysfs;
+    let name = format!("k8sa{}", std::process::id() % 100_000);
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output();
+    match ip(&["link", "add", &name, "type", "veth", "peer", "name", &format!("{name}p")]) {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => return skip(format!("ip link add: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        Err(e) => return skip(format!("ip: {e}")),
+    }
+    let attr = std::path::PathBuf::from(format!("/sys/class/net/{name}/mtu"));
+    let kept = sysfs::open_attr(&attr);
+    let removed = ip(&["link", "del", &name]).map(|o| o.status.success());
+    let kept = kept.unwrap();
+    assert!(sysfs::is_on_sysfs(&kept));
+    assert!(removed.unwrap(), "ip link del {name}");
+    let e = sysfs::reread_attr(&kept).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENODEV), "{e}");
 }

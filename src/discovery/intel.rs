@@ -74,41 +74,56 @@ fn dir_id(dir: &Path) -> Option<DirId> {
 pub struct PortFiles {
     afu_id: Option<std::fs::File>,
     errors: Option<std::fs::File>,
+    /// Whether the kept files are sysfs attributes (`fstatfs`: `SYSFS_MAGIC`). sysfs fails every read of an
+    /// attribute removed with its directory (`ENODEV`); other filesystems (a test's tree) keep a removed
+    /// file readable, and there a pass asks its link count instead.
+    on_sysfs: bool,
 }
 
 impl PortFiles {
     /// Opens `afu_id` and `errors/errors` of a port the last discovery found.
     pub fn open(port: &PortPaths) -> PortFiles {
-        PortFiles {
-            afu_id: sysfs::open_attr(&port.dir.join("afu_id")).ok(),
-            errors: sysfs::open_attr(&port.dir.join("errors/errors")).ok(),
-        }
+        let afu_id = sysfs::open_attr(&port.dir.join("afu_id")).ok();
+        let on_sysfs = afu_id.as_ref().is_some_and(sysfs::is_on_sysfs);
+        PortFiles { afu_id, errors: sysfs::open_attr(&port.dir.join("errors/errors")).ok(), on_sysfs }
     }
 }
 
-/// Reads an attribute through its kept descriptor, or its path. A kept descriptor whose attribute the kernel
-/// removed (`ENODEV`: the driver unbound and bound again, which makes its attributes anew in the same
-/// directory) is read through the path instead, which gives what the attribute is now, or `NotFound`.
-fn reread(file: &Option<std::fs::File>, path: &Path) -> io::Result<String> {
-    match file.as_ref().map(sysfs::reread_attr) {
-        Some(Err(e)) if e.raw_os_error() == Some(libc::ENODEV) => sysfs::read_attr(path),
+/// A health pass over one port: its AFU and health, read through what the last discovery remembered. With
+/// its files kept open (`files`), on sysfs that is 3 system calls: a `pread` of `afu_id` and of
+/// `errors/errors`, a `stat` of the device node; on another filesystem an `fstat` of `afu_id` comes first.
+/// None: the port's directory is gone (a hot-remove, a release to a VF), is another one (a card replaced),
+/// or its identity could not be read at discovery; only a full discovery can sort that out.
+///
+/// How a removed directory is noticed: on sysfs, a kept attribute of it fails with `ENODEV`, and then the
+/// directory's identity is compared with the one discovered (the driver may also have made its attributes
+/// anew in the same directory: unbound and bound again); elsewhere, the kept `afu_id` has no link left;
+/// without kept files, the directory's identity is compared at every pass.
+pub fn health(port: &PortPaths, files: &PortFiles) -> Option<(Option<String>, Health)> {
+    let same_dir = || port.dir_id.is_some() && dir_id(&port.dir) == port.dir_id;
+    match &files.afu_id {
+        Some(_) if files.on_sysfs => {}
+        Some(file) if file.metadata().is_ok_and(|m| m.nlink() > 0) => {}
+        Some(_) => return None,
+        None if same_dir() => {}
+        None => return None,
+    }
+    let gone = std::cell::Cell::new(false);
+    let reread = |file: &Option<std::fs::File>, path: &Path| match file.as_ref().map(sysfs::reread_attr) {
+        Some(Err(e)) if e.raw_os_error() == Some(libc::ENODEV) => {
+            if same_dir() {
+                sysfs::read_attr(path)
+            } else {
+                gone.set(true);
+                Err(e)
+            }
+        }
         Some(result) => result,
         None => sysfs::read_attr(path),
-    }
-}
-
-/// A health pass over one port: its AFU and health, read through what the last discovery remembered, in 4
-/// system calls: a `stat` of its directory, a `pread` of `afu_id` and of `errors/errors` (through `files`),
-/// a `stat` of the device node. None: the directory is gone (a hot-remove, a release to a VF), is another
-/// one (a card replaced), or its identity could not be read at discovery; only a full discovery can sort
-/// that out.
-pub fn health(port: &PortPaths, files: &PortFiles) -> Option<(Option<String>, Health)> {
-    if dir_id(&port.dir) != port.dir_id || port.dir_id.is_none() {
-        return None;
-    }
+    };
     let (afu_id, afu_verdict) = port_afu(&port.dir, |path| reread(&files.afu_id, path));
-    let errors = |path: &Path| reread(&files.errors, path);
-    Some((afu_id, port_health(&port.dir, &port.node, port.dev, afu_verdict, errors)))
+    let health = port_health(&port.dir, &port.node, port.dev, afu_verdict, |path| reread(&files.errors, path));
+    (!gone.get()).then_some((afu_id, health))
 }
 
 /// A port as found in sysfs, before its ID is decided.

@@ -140,6 +140,16 @@ pub fn open_attr(path: &Path) -> io::Result<std::fs::File> {
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
+/// Whether an open file is on sysfs (`fstatfs`: `SYSFS_MAGIC`, from `linux/magic.h`).
+pub fn is_on_sysfs(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    // SAFETY: statfs is plain data that fstatfs fills in; the descriptor is open for the call's duration.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } == 0;
+    ok && st.f_type as i64 == SYSFS_MAGIC
+}
+
 /// Reads an open sysfs attribute from its start: one `pread` at offset 0, for which sysfs makes the
 /// attribute's text anew (so a descriptor kept open reads the current value every time). A read of an
 /// attribute whose device is gone fails (`ENODEV`).
