@@ -8,6 +8,12 @@ use std::collections::{BTreeMap, HashSet};
 /// The environment variable that tells a container which units it was given.
 pub const ENV_UNITS: &str = "ACCELERATOR_UNITS";
 
+/// The environment variable that gives a container the PCI function of each unit it was given, in the
+/// order of `ACCELERATOR_UNITS` (comma-separated canonical addresses, `0000:00:0f.0,0000:00:11.0`): the
+/// application PFs of AWS FPGA slots, which the AWS SDK's tools and `/sys/bus/pci/devices` know them by.
+/// Set only when the units have one (AWS slots).
+pub const ENV_PCI_ADDRESSES: &str = "ACCELERATOR_PCI_ADDRESSES";
+
 /// The longest environment string (`NAME=value` and its NUL) that Linux passes to a program: MAX_ARG_STRLEN,
 /// 32 pages of 4 KiB. A container given a longer `ACCELERATOR_UNITS` could not start (execve fails E2BIG).
 pub const MAX_ENV_STRING: usize = 32 * 4096;
@@ -101,14 +107,20 @@ pub fn allocate(
             )));
         }
         c.envs.insert(ENV_UNITS.to_string(), units);
-        for id in &container.devices_ids {
-            if let Some(node) = snapshot.get(id).and_then(|d| d.node.as_ref()) {
-                if let Some(kind) = cdi_kind {
-                    let mut cdi = api::CDIDevice::new();
-                    cdi.name = crate::cdi::device_name(kind, id);
-                    c.cdi_devices.push(cdi);
-                    continue;
-                }
+        let devices: Vec<&crate::device::Device> =
+            container.devices_ids.iter().filter_map(|id| snapshot.get(id)).collect();
+        let addresses: Vec<&str> = devices.iter().filter_map(|d| d.pci_address.as_deref()).collect();
+        if !addresses.is_empty() {
+            c.envs.insert(ENV_PCI_ADDRESSES.to_string(), addresses.join(","));
+        }
+        for d in devices.iter().filter(|d| !d.nodes.is_empty()) {
+            if let Some(kind) = cdi_kind {
+                let mut cdi = api::CDIDevice::new();
+                cdi.name = crate::cdi::device_name(kind, &d.id);
+                c.cdi_devices.push(cdi);
+                continue;
+            }
+            for node in &d.nodes {
                 let mut spec = api::DeviceSpec::new();
                 spec.container_path = node.container_path.clone();
                 spec.host_path = node.host_path.clone();
@@ -197,7 +209,8 @@ mod tests {
                     id: id.to_string(),
                     health: Health::Healthy,
                     numa_node: *n,
-                    node: None,
+                    nodes: Vec::new(),
+                    pci_address: None,
                     afu_id: None,
                 })
                 .collect(),

@@ -65,14 +65,12 @@ pub fn check_kind(kind: &str) -> Result<(), String> {
 pub fn spec(resource: &str, devices: &[crate::device::Device]) -> Option<String> {
     let entries: Vec<serde_json::Value> = devices
         .iter()
-        .filter_map(|d| {
-            let node = d.node.as_ref()?;
-            Some(serde_json::json!({
-                "name": d.id,
-                "containerEdits": {
-                    "deviceNodes": [{"path": node.container_path, "hostPath": node.host_path, "permissions": "rw"}]
-                }
-            }))
+        .filter(|d| !d.nodes.is_empty())
+        .map(|d| {
+            let nodes: Vec<serde_json::Value> = (d.nodes.iter())
+                .map(|n| serde_json::json!({"path": n.container_path, "hostPath": n.host_path, "permissions": "rw"}))
+                .collect();
+            serde_json::json!({"name": d.id, "containerEdits": {"deviceNodes": nodes}})
         })
         .collect();
     if entries.is_empty() {
@@ -311,7 +309,10 @@ mod tests {
             id: id.into(),
             health: Health::Healthy,
             numa_node: None,
-            node: node.map(|n| DevNode { host_path: format!("/host/dev/{n}"), container_path: format!("/dev/{n}") }),
+            nodes: (node.iter())
+                .map(|n| DevNode { host_path: format!("/host/dev/{n}"), container_path: format!("/dev/{n}") })
+                .collect(),
+            pci_address: None,
             afu_id: None,
         }
     }

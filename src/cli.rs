@@ -19,9 +19,12 @@ exits 0 if they answer within 3 s, 1 otherwise. It accepts all the options below
 the plugin's own arguments.
 
 Options:
-  --backend intel|aws          What to advertise [default: intel if <sysfs-root>/class/fpga or
-                               <sysfs-root>/class/fpga_region exists, else aws]
-  --accel-nbunits N            Number of AWS units, 1..=100000 [default: 40]
+  --backend intel|aws-fpga|aws What to advertise: Intel FPGA ports, the AWS FPGA slots of an F1/F2
+                               instance, or N interchangeable AWS units [default: aws with
+                               --accel-nbunits; else intel if <sysfs-root>/class/fpga or
+                               <sysfs-root>/class/fpga_region exists; else aws-fpga if an AWS FPGA
+                               management PF is in <sysfs-root>/bus/pci/devices; else aws]
+  --accel-nbunits N            Number of AWS units (backend aws), 1..=100000 [default: 40]
   --resource-name NAME         Extended resource name [default: b-com.com/accelerator]
   --afu-resource NAME=AFU_ID   Advertise the Intel ports running this AFU (the 32 hex digits of their
                                afu_id; any case, dashes allowed) as resource NAME; repeatable
@@ -76,12 +79,17 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 pub enum BackendChoice {
     Intel,
     Aws,
+    AwsFpga,
 }
+
+/// `--accel-nbunits`'s default.
+pub const DEFAULT_UNITS: u32 = 40;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     pub backend: Option<BackendChoice>,
-    pub accel_nbunits: u32,
+    /// `--accel-nbunits`, when given: it also chooses the backend (see `discovery::Backend::detect`).
+    pub accel_nbunits: Option<u32>,
     pub resource_name: String,
     /// `--afu-resource NAME=AFU_ID`: (NAME, canonical AFU ID), in command-line order.
     pub afu_resources: Vec<(String, String)>,
@@ -104,7 +112,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             backend: None,
-            accel_nbunits: 40,
+            accel_nbunits: None,
             resource_name: "b-com.com/accelerator".into(),
             afu_resources: Vec::new(),
             afu_auto: false,
@@ -162,16 +170,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                 opts.backend = Some(match value(&mut parser)?.as_str() {
                     "intel" => BackendChoice::Intel,
                     "aws" => BackendChoice::Aws,
-                    other => return Err(UsageError(format!("{flag}: {other:?} is not one of intel, aws"))),
+                    "aws-fpga" => BackendChoice::AwsFpga,
+                    other => return Err(UsageError(format!("{flag}: {other:?} is not one of intel, aws-fpga, aws"))),
                 })
             }
             Long("accel-nbunits") => {
                 let v = value(&mut parser)?;
-                opts.accel_nbunits = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_UNITS).contains(n))
-                    .ok_or_else(|| UsageError(format!("{flag}: {v:?} is not a number from 1 to {MAX_UNITS}")))?;
+                opts.accel_nbunits = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_UNITS).contains(n))
+                        .ok_or_else(|| UsageError(format!("{flag}: {v:?} is not a number from 1 to {MAX_UNITS}")))?,
+                );
             }
             Long("resource-name") => {
                 let v = value(&mut parser)?;
@@ -226,6 +236,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             }
             _ => return Err(UsageError(format!("unknown option {flag}"))),
         }
+    }
+    // The slots are counted, not given: a number of units says the user expects the other backend.
+    if opts.backend == Some(BackendChoice::AwsFpga) && opts.accel_nbunits.is_some() {
+        return Err(UsageError(
+            "--accel-nbunits counts the units of --backend aws; --backend aws-fpga finds the slots itself".into(),
+        ));
     }
     // With auto, an entry must not take the auto name of another AFU: two AFUs would share one resource.
     if opts.afu_auto {
@@ -381,10 +397,11 @@ mod tests {
     #[test]
     fn single_and_double_dash_and_equals() {
         let o = run(&["-accel-nbunits", "1", "--log-level=debug", "-scan-interval=200ms", "--backend", "aws"]).unwrap();
-        assert_eq!(o.accel_nbunits, 1);
+        assert_eq!(o.accel_nbunits, Some(1));
         assert_eq!(o.log_level, LevelFilter::Debug);
         assert_eq!(o.scan_interval, Duration::from_millis(200));
         assert_eq!(o.backend, Some(BackendChoice::Aws));
+        assert_eq!(run(&["-backend", "aws-fpga"]).unwrap().backend, Some(BackendChoice::AwsFpga));
         assert_eq!(run(&[]).unwrap(), Options::default());
         assert_eq!(parse(["-help".into()]), Ok(Command::Help));
         assert_eq!(run(&["--log-file", "-"]).unwrap().log_file, None);
@@ -419,6 +436,7 @@ mod tests {
             (&["--accel-nbunits", "100001"], "--accel-nbunits"),
             (&["-accel-nbunits", "x"], "--accel-nbunits"),
             (&["--backend", "nvidia"], "--backend"),
+            (&["--backend", "aws-fpga", "--accel-nbunits", "4"], "--accel-nbunits"),
             (&["--scan-interval", "5"], "--scan-interval"),
             (&["--scan-interval", "1ms"], "--scan-interval"),
             (&["--log-level", "loud"], "--log-level"),

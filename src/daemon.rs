@@ -85,6 +85,7 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
         cache: discovery::intel::Cache::default(),
         files: Vec::new(),
         ports: Vec::new(),
+        slots: Vec::new(),
         found_problems: Vec::new(),
     };
     scanner.scan();
@@ -175,7 +176,7 @@ fn event_loop(
     let mut next_tick = Instant::now() + settings.scan_interval;
     let check_interval = CHECK_INTERVAL.min(settings.scan_interval);
     let mut next_check = Instant::now() + check_interval;
-    // Only Intel ports have health to read between scans; AWS units never change.
+    // Intel ports and AWS slots have health to read between scans; AWS units never change.
     let health_passes = settings.backend.is_dynamic();
     let mut next_health = Instant::now() + settings.health_interval;
     loop {
@@ -234,7 +235,7 @@ fn event_loop(
                 } else if vanished && endpoint::is_ours(&event.name) {
                     let _ = events.send(Event::SocketDeleted(event.name));
                 }
-            } else if watches.dev.is(event.wd) && discovery::is_device_node_name(&event.name) {
+            } else if watches.dev.is(event.wd) && discovery::is_device_node_name(settings.backend, &event.name) {
                 log::debug!("{}/{} changed", settings.roots.dev.display(), event.name);
                 rescan = true;
             }
@@ -294,6 +295,8 @@ struct Scanner {
     found: Vec<crate::device::Device>,
     /// The paths a health pass reads for each of `found` (Intel ports: the same order, one each).
     ports: Vec<discovery::intel::PortPaths>,
+    /// What a health pass looks at for each AWS FPGA slot found.
+    slots: Vec<discovery::aws_fpga::SlotPaths>,
     /// The attribute files of `ports`, kept open from one health pass to the next (two per port).
     files: Vec<discovery::intel::PortFiles>,
     /// The problems the last full discovery reported.
@@ -328,6 +331,7 @@ impl Scanner {
         let scan = discovery::scan_with(self.backend, &self.roots, &mut self.cache);
         self.found = scan.devices.clone();
         self.ports = scan.ports;
+        self.slots = scan.slots;
         // Opened again at the next health pass, for the ports this discovery found.
         self.files.clear();
         self.found_problems = scan.problems;
@@ -335,9 +339,15 @@ impl Scanner {
     }
 
     /// Reads the health and AFU of every port the last discovery found, through the paths it remembered,
-    /// and publishes what changed. False when a port's directory is gone: the caller runs a full discovery,
-    /// which treats it as a hot-remove.
+    /// and publishes what changed. False when a port's directory is gone, or an AWS slot's application PF
+    /// changed: the caller runs a full discovery, which treats it as a hot-remove or finds the new nodes.
     fn health_pass(&mut self) -> bool {
+        // An AWS slot changes only by its application PF coming, going or being replaced (an image load) or
+        // by its driver: then its nodes are found again by a full discovery.
+        if let Some(slot) = self.slots.iter().find(|slot| discovery::aws_fpga::changed(slot)) {
+            log::debug!("the application PF of slot {} changed since the last discovery: rediscovering", slot.id);
+            return false;
+        }
         if self.files.len() != self.ports.len() {
             // Two descriptors per port, for as many ports as the descriptor limit leaves room for; the others
             // are read through their paths.
@@ -357,6 +367,9 @@ impl Scanner {
                 device.afu_id = afu_id;
                 changed = true;
             }
+        }
+        if self.files.iter().any(discovery::intel::PortFiles::is_stale) {
+            self.files.clear();
         }
         if changed {
             self.publish(self.found.clone());
@@ -434,8 +447,10 @@ impl Scanner {
                 if !changes.is_empty() {
                     let of = if single { String::new() } else { format!(" of {resource}") };
                     log_changes(changes, &moved, &of);
-                    let devices = if count == 1 { "device" } else { "devices" };
-                    log::info!("advertising {count} {devices}{of}");
+                    if changes.visible {
+                        let devices = if count == 1 { "device" } else { "devices" };
+                        log::info!("advertising {count} {devices}{of}");
+                    }
                 }
             });
             // Announced once its list is in place, so that its first ListAndWatch is not empty.
@@ -575,6 +590,11 @@ fn log_changes(changes: &registry::Changes, moved: &HashSet<String>, of: &str) {
         match &d.health {
             crate::device::Health::Unhealthy(why) => log::warn!("device {}{of} is now Unhealthy: {why}", d.id),
             _ => log::info!("device {}{of} is Healthy again", d.id),
+        }
+    }
+    for d in &changes.reasons {
+        if let crate::device::Health::Unhealthy(why) = &d.health {
+            log::warn!("device {}{of} is still Unhealthy, now: {why}", d.id);
         }
     }
 }

@@ -61,15 +61,11 @@ fn main() -> ExitCode {
 
     let backend = match options.backend {
         Some(BackendChoice::Intel) => Backend::Intel,
-        Some(BackendChoice::Aws) => Backend::Aws { units: options.accel_nbunits },
+        Some(BackendChoice::Aws) => Backend::Aws { units: options.accel_nbunits.unwrap_or(cli::DEFAULT_UNITS) },
+        Some(BackendChoice::AwsFpga) => Backend::AwsFpga,
         None => {
-            let detected = Backend::detect(&options.sysfs_root, options.accel_nbunits);
-            log::info!(
-                "backend {} (detected: {} Intel FPGA driver class under {})",
-                detected.name(),
-                if detected == Backend::Intel { "an" } else { "no" },
-                options.sysfs_root.display()
-            );
+            let (detected, why) = Backend::detect(&options.sysfs_root, options.accel_nbunits, cli::DEFAULT_UNITS);
+            log::info!("backend {} (detected: {why})", detected.name());
             detected
         }
     };
@@ -84,10 +80,13 @@ fn main() -> ExitCode {
     }
     let routes = Routes::new(&options.resource_name, &options.afu_resources, options.afu_auto);
     let afu_routes: Vec<String> = options.afu_resources.iter().map(|(name, id)| format!("{name}={id}")).collect();
-    let intervals = if backend.is_dynamic() {
-        format!(", discovery every {:?}, health every {:?}", options.scan_interval, options.health_interval)
-    } else {
+    let intervals = if !backend.is_dynamic() {
         String::new()
+    } else if options.scan_interval <= options.health_interval {
+        // Every check is then a full discovery, which reads the health too (see the event loop).
+        format!(", discovery and health every {:?}", options.scan_interval)
+    } else {
+        format!(", discovery every {:?}, health every {:?}", options.scan_interval, options.health_interval)
     };
     log::info!(
         "k8s-accelerator-devplugin {} starting: resource {}{}{}, backend {}{intervals}, device-plugins directory {}{}",
@@ -99,10 +98,10 @@ fn main() -> ExitCode {
         options.device_plugin_path.display(),
         options.cdi_spec_dir.as_ref().map(|d| format!(", CDI specs in {}", d.display())).unwrap_or_default()
     );
-    if options.cdi_spec_dir.is_some() && !backend.is_dynamic() {
+    if options.cdi_spec_dir.is_some() && matches!(backend, Backend::Aws { .. }) {
         log::info!("--cdi-spec-dir: AWS units have no device node, so no CDI spec is written and none is named");
     }
-    if backend.is_dynamic() {
+    if backend == Backend::Intel {
         log::debug!("open descriptors: up to {}", daemon::raise_descriptor_limit());
     }
     let settings = Settings {

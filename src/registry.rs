@@ -58,14 +58,17 @@ fn to_wire(d: &Device) -> api::Device {
 pub struct Changes {
     pub added: Vec<Device>,
     pub removed: Vec<String>,
-    /// Devices whose health changed, with the new health: Healthy to Unhealthy and back, and one Unhealthy
-    /// reason to another (which the kubelet does not see, but the log says).
+    /// Devices whose advertised health changed (Healthy to Unhealthy and back), with the new health.
     pub health: Vec<Device>,
+    /// Devices still Unhealthy, for another reason now (the kubelet sees no change; the log says it).
+    pub reasons: Vec<Device>,
+    /// Whether the list the kubelet sees changed (and so is sent to every ListAndWatch stream).
+    pub visible: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.health.is_empty()
+        self.added.is_empty() && self.removed.is_empty() && self.health.is_empty() && self.reasons.is_empty()
     }
 }
 
@@ -139,13 +142,14 @@ pub fn prepare(old: &Snapshot, devices: Vec<Device>) -> (Next, Changes) {
     for d in new.devices() {
         match old.get(&d.id) {
             None => changes.added.push(d.clone()),
-            // A new reason for being Unhealthy is a change too: the log says what is wrong now.
-            Some(prev) if prev.health != d.health => changes.health.push(d.clone()),
+            Some(prev) if prev.health.is_healthy() != d.health.is_healthy() => changes.health.push(d.clone()),
+            Some(prev) if prev.health != d.health => changes.reasons.push(d.clone()),
             Some(_) => {}
         }
     }
     changes.removed = old.devices().iter().filter(|d| new.get(&d.id).is_none()).map(|d| d.id.clone()).collect();
     let visible = new.list != old.list;
+    changes.visible = visible;
     (Next { snapshot: new, visible }, changes)
 }
 
@@ -175,7 +179,7 @@ mod tests {
     use super::*;
 
     fn dev(id: &str, health: Health, numa: Option<i64>) -> Device {
-        Device { id: id.into(), health, numa_node: numa, node: None, afu_id: None }
+        Device { id: id.into(), health, numa_node: numa, nodes: Vec::new(), pci_address: None, afu_id: None }
     }
 
     #[test]
@@ -198,7 +202,7 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().devices[0].health, "Unhealthy");
         // Another reason: a change to log, nothing to send.
         let c = r.update(vec![dev("a", Health::Unhealthy("y".into()), None)]);
-        assert_eq!(c.health.len(), 1);
+        assert_eq!((c.health.len(), c.reasons.len(), c.visible), (0, 1, false));
         assert!(rx.try_recv().is_err());
     }
 

@@ -66,7 +66,14 @@ mod tests {
     use crate::device::Health;
 
     fn port(id: &str, afu: Option<&str>) -> Device {
-        Device { id: id.into(), health: Health::Healthy, numa_node: None, node: None, afu_id: afu.map(str::to_string) }
+        Device {
+            id: id.into(),
+            health: Health::Healthy,
+            numa_node: None,
+            nodes: Vec::new(),
+            pci_address: None,
+            afu_id: afu.map(str::to_string),
+        }
     }
 
     const GZIP: &str = "d8424dc4a4a3c413f89e433683f9040b";

@@ -358,8 +358,11 @@ fn run_flavour(flavour: &str) {
     let devices = if intel {
         discovery::scan(Backend::Intel, &Roots { sysfs: host.node.sysfs(), dev: host.node.dev() }).devices
     } else {
-        discovery::scan(Backend::Aws { units: options.accel_nbunits }, &Roots { sysfs: "/".into(), dev: "/".into() })
-            .devices
+        discovery::scan(
+            Backend::Aws { units: options.accel_nbunits.unwrap_or(cli::DEFAULT_UNITS) },
+            &Roots { sysfs: "/".into(), dev: "/".into() },
+        )
+        .devices
     };
     let expected = routes.route(devices, &mut known);
     for (resource, devices) in &expected {

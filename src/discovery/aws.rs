@@ -8,6 +8,13 @@ pub const MAX_UNITS: u32 = 100_000;
 
 pub fn scan(units: u32) -> Vec<Device> {
     (0..units)
-        .map(|i| Device { id: i.to_string(), health: Health::Healthy, numa_node: None, node: None, afu_id: None })
+        .map(|i| Device {
+            id: i.to_string(),
+            health: Health::Healthy,
+            numa_node: None,
+            nodes: Vec::new(),
+            pci_address: None,
+            afu_id: None,
+        })
         .collect()
 }

@@ -6,7 +6,7 @@
 //! N, R and K come from separate counters, so ports are only ever matched to their node by their own name,
 //! and to their PCI function by walking up their real path in `/sys/devices`.
 
-use super::sysfs::{self, PciAddress};
+use super::sysfs::{self, dir_id, DirId, PciAddress};
 use super::Scan;
 use crate::device::{DevNode, Device, Health, MAX_ID_LEN};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -51,19 +51,9 @@ pub struct PortPaths {
     pub dev: Option<(u32, u32)>,
     /// The directory's identity when it was discovered: a port removed and another created at the same path
     /// (a card replaced at the same PCI address) has another, so what was read of the old one (its ID, its
-    /// `dev`) is never used for the new one. None when it could not be read: every pass then rediscovers.
+    /// `dev`) is never used for the new one. None when it could not be read: every pass then rediscovers
+    /// (see `PortFiles::open`).
     pub dir_id: Option<DirId>,
-}
-
-/// A directory's identity: device, inode number and, where the filesystem keeps one, birth time. sysfs
-/// (kernfs) never reuses an inode number on 64-bit (it carries a generation) and keeps no birth time;
-/// other filesystems (a test's tree) may reuse a freed number, and their birth time tells the two apart.
-/// The change time is not used: kernfs sets it when it makes the in-memory inode, which it may drop and
-/// make again at any time.
-pub type DirId = (u64, u64, Option<std::time::SystemTime>);
-
-fn dir_id(dir: &Path) -> Option<DirId> {
-    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino(), m.created().ok()))
 }
 
 /// The two attributes a health pass reads, kept open from one pass to the next, so that each read is one
@@ -76,29 +66,47 @@ pub struct PortFiles {
     errors: Option<std::fs::File>,
     /// Whether the kept files are sysfs attributes (`fstatfs`: `SYSFS_MAGIC`). sysfs fails every read of an
     /// attribute removed with its directory (`ENODEV`); other filesystems (a test's tree) keep a removed
-    /// file readable, and there a pass asks its link count instead.
+    /// file readable, and there a pass asks its link count instead (which tells a removal, not a directory
+    /// renamed away: test trees do not do that).
     on_sysfs: bool,
+    /// Set by a pass that found a kept attribute removed from a directory still there (the driver unbound
+    /// and bound again made it anew): the files are worth opening again.
+    stale: std::cell::Cell<bool>,
 }
 
 impl PortFiles {
-    /// Opens `afu_id` and `errors/errors` of a port the last discovery found.
+    /// Opens `afu_id` and `errors/errors` of a port the last discovery found. None are kept when the
+    /// directory is no longer the one discovered (replaced since, or its identity unknown): the files
+    /// would be another port's, read under this one's ID, and the next pass, through the paths, finds the
+    /// directory changed and starts a full discovery.
     pub fn open(port: &PortPaths) -> PortFiles {
         let afu_id = sysfs::open_attr(&port.dir.join("afu_id")).ok();
+        let errors = sysfs::open_attr(&port.dir.join("errors/errors")).ok();
+        if port.dir_id.is_none() || dir_id(&port.dir) != port.dir_id {
+            return PortFiles::default();
+        }
         let on_sysfs = afu_id.as_ref().is_some_and(sysfs::is_on_sysfs);
-        PortFiles { afu_id, errors: sysfs::open_attr(&port.dir.join("errors/errors")).ok(), on_sysfs }
+        PortFiles { afu_id, errors, on_sysfs, stale: Default::default() }
+    }
+
+    /// Whether a pass found these files stale (see `stale`).
+    pub fn is_stale(&self) -> bool {
+        self.stale.get()
     }
 }
 
 /// A health pass over one port: its AFU and health, read through what the last discovery remembered. With
-/// its files kept open (`files`), on sysfs that is 3 system calls: a `pread` of `afu_id` and of
-/// `errors/errors`, a `stat` of the device node; on another filesystem an `fstat` of `afu_id` comes first.
-/// None: the port's directory is gone (a hot-remove, a release to a VF), is another one (a card replaced),
-/// or its identity could not be read at discovery; only a full discovery can sort that out.
+/// its files kept open (`files`) and `afu_id` among them, on sysfs that is 3 system calls: a `pread` of
+/// `afu_id` and of `errors/errors`, a `stat` of the device node; on another filesystem an `fstat` of
+/// `afu_id` comes first (4). None: the port's directory is gone (a hot-remove, a release to a VF), is
+/// another one (a card replaced), or its identity could not be read at discovery; only a full discovery
+/// can sort that out.
 ///
 /// How a removed directory is noticed: on sysfs, a kept attribute of it fails with `ENODEV`, and then the
 /// directory's identity is compared with the one discovered (the driver may also have made its attributes
-/// anew in the same directory: unbound and bound again); elsewhere, the kept `afu_id` has no link left;
-/// without kept files, the directory's identity is compared at every pass.
+/// anew in the same directory: unbound and bound again; they are then read through their paths, and the
+/// files are marked stale); elsewhere, the kept `afu_id` has no link left; without a kept `afu_id`, the
+/// directory's identity is compared at every pass.
 pub fn health(port: &PortPaths, files: &PortFiles) -> Option<(Option<String>, Health)> {
     let same_dir = || port.dir_id.is_some() && dir_id(&port.dir) == port.dir_id;
     match &files.afu_id {
@@ -112,6 +120,7 @@ pub fn health(port: &PortPaths, files: &PortFiles) -> Option<(Option<String>, He
     let reread = |file: &Option<std::fs::File>, path: &Path| match file.as_ref().map(sysfs::reread_attr) {
         Some(Err(e)) if e.raw_os_error() == Some(libc::ENODEV) => {
             if same_dir() {
+                files.stale.set(true);
                 sysfs::read_attr(path)
             } else {
                 gone.set(true);
@@ -255,10 +264,11 @@ pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
                 health: port_health(&port.dir, &host_path, numbers, afu_verdict, sysfs::read_attr),
                 afu_id,
                 numa_node,
-                node: Some(DevNode {
+                nodes: vec![DevNode {
                     host_path: host_path.to_string_lossy().into_owned(),
                     container_path: format!("/dev/{}", port.name),
-                }),
+                }],
+                pci_address: None,
                 id,
             };
             let dir_id = cache.dir_id(&port.dir);
@@ -293,7 +303,7 @@ fn collect(
         if real.components().any(|c| c.as_os_str().to_str().is_some_and(|n| n.starts_with(layout.fme_prefix))) {
             continue;
         }
-        let children = match sorted_entries(&real) {
+        let children = match sysfs::sorted_entries(&real) {
             Ok(children) => children,
             Err(e) => {
                 problems.push(format!("skipping {}: it points to {}: {e}", entry.display(), real.display()));
@@ -342,7 +352,7 @@ fn collect(
 /// The entries of a class directory whose names start with `prefix`. A missing directory (no such driver
 /// loaded) is simply empty.
 fn entries_with_prefix(dir: &Path, prefix: &str, problems: &mut Vec<String>) -> Vec<PathBuf> {
-    match sorted_entries(dir) {
+    match sysfs::sorted_entries(dir) {
         Ok(entries) => entries
             .into_iter()
             .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
@@ -353,12 +363,6 @@ fn entries_with_prefix(dir: &Path, prefix: &str, problems: &mut Vec<String>) -> 
             Vec::new()
         }
     }
-}
-
-fn sorted_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(Result::ok).map(|e| e.path()).collect();
-    out.sort();
-    Ok(out)
 }
 
 fn is_small_uint(s: &str) -> bool {
@@ -405,19 +409,13 @@ fn port_health(
     afu: Option<Health>,
     read: impl FnOnce(&Path) -> io::Result<String>,
 ) -> Health {
-    let meta = match std::fs::metadata(node) {
+    let meta = match super::device_node(node) {
         Ok(meta) => meta,
-        Err(_) => return Health::Unhealthy(format!("device node {} is missing", node.display())),
+        Err(why) => return Health::Unhealthy(why),
     };
-    // A directory, a block device, a FIFO or a socket at the node's path can be no port's node. (A regular
-    // file is let through: the simulated nodes of the tests and the demo are plain files.)
-    let kind = meta.file_type();
-    if kind.is_dir() || kind.is_block_device() || kind.is_fifo() || kind.is_socket() {
-        return Health::Unhealthy(format!("device node {} is not a character device", node.display()));
-    }
     // A character device left over from an earlier driver load can carry the right name and the wrong
     // number: then it is not this port.
-    if kind.is_char_device() {
+    if meta.file_type().is_char_device() {
         if let Some((major, minor)) = numbers {
             let rdev = meta.rdev();
             let (node_major, node_minor) = (libc::major(rdev), libc::minor(rdev));
@@ -451,5 +449,82 @@ fn port_health(
     match unknown {
         Some(why) => Health::Unknown(why),
         None => Health::Healthy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A veth pair, for a real sysfs device that a test can remove; deleted when dropped.
+    struct Veth(String);
+
+    impl Veth {
+        /// None (and why) when it cannot be made here: `ip` missing, or no right to make links.
+        fn new(name: String) -> Result<Veth, String> {
+            let out = std::process::Command::new("ip")
+                .args(["link", "add", &name, "type", "veth", "peer", "name", &format!("{name}p")])
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("ip link add: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            Ok(Veth(name))
+        }
+
+        /// Its real directory in `/sys/devices`.
+        fn dir(&self) -> PathBuf {
+            std::fs::canonicalize(format!("/sys/class/net/{}", self.0)).unwrap()
+        }
+    }
+
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).output();
+        }
+    }
+
+    /// On sysfs a pass makes no `stat` of the port's directory: a removed port is noticed by its kept
+    /// attribute failing with `ENODEV` (its link count stays 1), and a kept attribute removed from a
+    /// directory that is still there (a driver bound again) is read through its path instead. A veth
+    /// device's `mtu` stands in for `afu_id` (root and `ip` needed; CI has both).
+    #[test]
+    fn on_sysfs_a_removed_port_is_noticed_by_enodev_and_a_rebound_one_read_through_its_path() {
+        let id = std::process::id() % 100_000;
+        let (a, b) = match (Veth::new(format!("k8sa{id}")), Veth::new(format!("k8sb{id}"))) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(why), _) | (_, Err(why)) => {
+                assert!(std::env::var_os("K8S_ACCEL_TEST_STRICT").is_none(), "K8S_ACCEL_TEST_STRICT, and {why}");
+                return eprintln!("skipping: {why}");
+            }
+        };
+        let port = |dir: PathBuf| PortPaths {
+            id: "port".into(),
+            dir_id: dir_id(&dir),
+            dir,
+            node: "/dev/null".into(),
+            dev: None,
+        };
+        // A's attribute kept, as for a port in A's directory and for one in B's (as if B's driver had made
+        // it, then been unbound and bound again).
+        let kept = || PortFiles {
+            afu_id: Some(sysfs::open_attr(&a.dir().join("mtu")).unwrap()),
+            on_sysfs: true,
+            ..PortFiles::default()
+        };
+        let (in_a, files_a) = (port(a.dir()), kept());
+        let (in_b, files_b) = (port(b.dir()), kept());
+        assert!(sysfs::is_on_sysfs(files_a.afu_id.as_ref().unwrap()));
+        assert!(health(&in_a, &files_a).is_some(), "A is there");
+
+        drop(a);
+        let link_count = files_a.afu_id.as_ref().unwrap().metadata().unwrap().nlink();
+        assert_eq!(link_count, 1, "sysfs keeps the link count of a removed attribute");
+        assert_eq!(health(&in_a, &files_a), None, "A's directory is gone");
+        assert!(!files_a.is_stale());
+        // B is still there: read through its paths (it has neither attribute), and the files are stale.
+        assert_eq!(health(&in_b, &files_b), Some((None, Health::Healthy)));
+        assert!(files_b.is_stale());
+        drop(b);
     }
 }

@@ -102,6 +102,15 @@ pub fn parse_small_uint(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
+/// A PCI ID attribute (`vendor`, `device`): `"0x1d0f\n"`, four hex digits after `0x`.
+pub fn parse_pci_id(s: &str) -> Option<u16> {
+    let hex = s.trim().strip_prefix("0x")?;
+    if hex.len() != 4 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(hex, 16).ok()
+}
+
 /// `dev`: `"major:minor\n"`, the device number of the node the driver created.
 pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
     let (major, minor) = s.trim().split_once(':')?;
@@ -163,6 +172,26 @@ pub fn reread_attr(file: &std::fs::File) -> io::Result<String> {
         }
     };
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// A directory's identity: device, inode number and, where the filesystem keeps one, birth time. sysfs
+/// (kernfs) never reuses an inode number on 64-bit (it carries a generation) and keeps no birth time;
+/// other filesystems (a test's tree) may reuse a freed number, and their birth time tells the two apart.
+/// The change time is not used: kernfs sets it when it makes the in-memory inode, which it may drop and
+/// make again at any time.
+pub type DirId = (u64, u64, Option<std::time::SystemTime>);
+
+/// The identity of the directory at `dir` (a link to one is followed); None when it cannot be read.
+pub fn dir_id(dir: &Path) -> Option<DirId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino(), m.created().ok()))
+}
+
+/// The entries of a directory, sorted by name.
+pub fn sorted_entries(dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut out: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?.filter_map(Result::ok).map(|e| e.path()).collect();
+    out.sort();
+    Ok(out)
 }
 
 /// Where a sysfs class entry points, without `canonicalize`'s per-component lookups: sysfs links are

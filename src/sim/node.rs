@@ -1,4 +1,5 @@
-//! Realistic Intel FPGA sysfs and /dev trees (OPAE and DFL layouts, SR-IOV VFs), built in a temp dir.
+//! Realistic Intel FPGA sysfs and /dev trees (OPAE and DFL layouts, SR-IOV VFs), built in a temp dir. The
+//! AWS FPGA slots of an F1 or F2 instance are in `aws`.
 
 use std::fs;
 use std::io;
@@ -203,11 +204,15 @@ impl SimNode {
     }
 
     /// The device node of a port or FME: a plain file, or a character device `major:minor`.
-    fn device_node(&self, name: &str, major: u32, minor: u32) -> io::Result<()> {
+    pub(super) fn device_node(&self, name: &str, major: u32, minor: u32) -> io::Result<()> {
         if !self.char_devices {
             return self.add_node(name);
         }
-        let path = std::ffi::CString::new(self.dev().join(name).into_os_string().into_encoded_bytes())?;
+        let path = self.dev().join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let path = std::ffi::CString::new(path.into_os_string().into_encoded_bytes())?;
         // SAFETY: a valid NUL-terminated path; mknod creates a file and touches no memory of ours.
         if unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)) } != 0 {
             return Err(io::Error::last_os_error());
@@ -273,7 +278,7 @@ pub fn write(path: &Path, text: &str) -> io::Result<()> {
 }
 
 /// A relative symlink at `link` pointing to `target`, as sysfs makes them.
-fn symlink_rel(target: &Path, link: &Path) -> io::Result<()> {
+pub(super) fn symlink_rel(target: &Path, link: &Path) -> io::Result<()> {
     let parent = link.parent().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
     fs::create_dir_all(parent)?;
     let common = target.ancestors().find(|a| parent.starts_with(a)).unwrap_or(Path::new("/"));
