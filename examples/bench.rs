@@ -382,6 +382,45 @@ fn scans() -> Res<()> {
             row(&format!("health pass, {want} {what} (median of 21)"), ms(median(&mut times)), "≤ 5 ms");
         }
     }
+    aws_fpga_scans()
+}
+
+/// An f2.48xlarge (8 slots, XDMA bound to each) among 64 other PCI functions: a full discovery, and a
+/// health pass over the slots (a `stat` and a `readlink` each).
+fn aws_fpga_scans() -> Res<()> {
+    use k8s_accelerator_devplugin::discovery::aws_fpga;
+    use k8s_accelerator_devplugin::sim::AwsDriver;
+    let node = SimNode::new()?;
+    for (i, slot) in node.aws_instance(aws_fpga::Generation::F2, 8)?.iter().enumerate() {
+        node.aws_bind(slot, AwsDriver::Xdma(i as u32))?;
+    }
+    for i in 0..64u16 {
+        node.aws_function(&format!("0000:05:{:02x}.{}", 1 + i / 8, i % 8), 0x8086, 0x1000 + i, 0)?;
+    }
+    let roots = Roots { sysfs: node.sysfs(), dev: node.dev() };
+    let mut times = Vec::new();
+    let mut slots = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        let scan = discovery::scan(Backend::AwsFpga, &roots);
+        times.push(t.elapsed());
+        if scan.devices.len() != 8 || !scan.devices.iter().all(|d| d.health.is_healthy() && d.nodes.len() == 27) {
+            return Err(
+                format!("aws-fpga: {} slots found, expected 8 healthy with 27 nodes each", scan.devices.len()).into()
+            );
+        }
+        slots = scan.slots;
+    }
+    row("full scan, 8 AWS FPGA slots with XDMA among 74 PCI functions (median of 21)", ms(median(&mut times)), "");
+    let mut times = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        if slots.iter().any(aws_fpga::changed) {
+            return Err("aws-fpga: a slot changed in a health pass".into());
+        }
+        times.push(t.elapsed());
+    }
+    row("health pass, 8 AWS FPGA slots (median of 21)", us(median(&mut times)), "");
     Ok(())
 }
 

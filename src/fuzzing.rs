@@ -209,3 +209,114 @@ pub fn discovery_tree(data: &[u8]) {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// PCI functions an AWS instance may show, and some it never does.
+const AWS_ADDRESSES: &[&str] = &[
+    "0000:00:0f.0",
+    "0000:00:10.0",
+    "0000:00:11.0",
+    "0000:00:12.0",
+    "0000:00:00.0",
+    "0000:34:00.0",
+    "0000:34:00.1",
+    "0000:35:00.1",
+    "10000:01:00.1",
+    "not-an-address",
+];
+const AWS_IDS: &[&str] =
+    &["0x1d0f\n", "0x1041\n", "0x9248\n", "0x1042\n", "0xf001\n", "0x8086\n", "0x10410\n", "", "x"];
+const AWS_NODES: &[&str] = &["xdma0_user", "xdma1_h2c_0", "edma0_queue_0", "fpga0_event0", "renderD128", "..", "a/b"];
+
+/// Builds a random AWS-like sysfs and /dev tree from the input (PCI functions linked from
+/// `bus/pci/devices` with plausible or broken IDs, XDMA/EDMA class devices whose `device` link points to
+/// a function or nowhere, render nodes, driver links, functions removed as an image load does) and runs
+/// the AWS slot discovery over it: no panic, slot IDs are distinct numbers in ascending order, every slot
+/// has its application PF's address, container paths stay under `/dev/`, and a Healthy slot's nodes exist.
+pub fn aws_fpga_tree(data: &[u8]) {
+    let root = std::env::temp_dir().join(format!("fuzz-aws-tree-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let sys = root.join("sys");
+    let dev = root.join("dev");
+    let _ = std::fs::create_dir_all(sys.join("bus/pci/devices"));
+    let _ = std::fs::create_dir_all(&dev);
+    let function = |address: &str| sys.join("devices/pci0000:00").join(address);
+    let link = |target: &Path, at: &Path| {
+        let _ = std::fs::create_dir_all(at.parent().unwrap_or(Path::new("/")));
+        let _ = std::os::unix::fs::symlink(target, at);
+    };
+    for op in data.chunks(4) {
+        let [kind, a, b, c] = [op[0], *op.get(1).unwrap_or(&0), *op.get(2).unwrap_or(&0), *op.get(3).unwrap_or(&0)];
+        let address = pick(AWS_ADDRESSES, a);
+        match kind % 6 {
+            // A PCI function with its IDs and NUMA node, linked from the bus.
+            0 => {
+                let dir = function(address);
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(dir.join("vendor"), pick(AWS_IDS, b));
+                let _ = std::fs::write(dir.join("device"), pick(AWS_IDS, c));
+                let _ = std::fs::write(dir.join("numa_node"), pick(VALUES, b ^ c));
+                link(&dir, &sys.join("bus/pci/devices").join(address));
+            }
+            // A class device of a function (or of nowhere), linked from its class.
+            1 => {
+                let class = if b % 2 == 0 { "xdma" } else { "edma" };
+                let name = pick(AWS_NODES, c);
+                let dir = function(address).join(class).join(name);
+                let _ = std::fs::create_dir_all(&dir);
+                let owner = if b % 3 == 0 { root.join("nowhere") } else { function(address) };
+                link(&owner, &dir.join("device"));
+                link(&dir, &sys.join("class").join(class).join(name));
+            }
+            // A render node below a function.
+            2 => {
+                let _ = std::fs::create_dir_all(function(address).join("drm").join(pick(AWS_NODES, b)));
+            }
+            // A device node appears or goes.
+            3 => {
+                let name = pick(AWS_NODES, b);
+                let path = if name.starts_with("renderD") { dev.join("dri").join(name) } else { dev.join(name) };
+                if c % 2 == 0 {
+                    let _ = std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")));
+                    let _ = std::fs::write(&path, "");
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            // A function removed, its bus link left dangling (an image load under way).
+            4 => {
+                let _ = std::fs::remove_dir_all(function(address));
+            }
+            // A driver bound.
+            _ => link(
+                &sys.join("bus/pci/drivers").join(pick(&["xdma", "edma", "xocl"], b)),
+                &function(address).join("driver"),
+            ),
+        }
+    }
+    let scan = discovery::scan(Backend::AwsFpga, &Roots { sysfs: sys, dev });
+    let mut last: Option<u32> = None;
+    for (d, slot) in scan.devices.iter().zip(&scan.slots) {
+        let n: u32 = d.id.parse().expect("a slot ID is a number");
+        assert!(last.map_or(true, |l| n > l), "slot {n} after {last:?}");
+        last = Some(n);
+        assert_eq!(d.id, slot.id);
+        assert!(d.pci_address.as_deref().and_then(parse_pci_address).is_some(), "{:?}", d.pci_address);
+        for node in &d.nodes {
+            let container = Path::new(&node.container_path);
+            assert!(container.starts_with("/dev/"), "{}", node.container_path);
+            assert!(container
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir)));
+            if d.health.is_healthy() {
+                assert!(
+                    Path::new(&node.host_path).exists(),
+                    "{} is missing, and slot {} is Healthy",
+                    node.host_path,
+                    d.id
+                );
+            }
+        }
+    }
+    assert_eq!(scan.devices.len(), scan.slots.len());
+    let _ = std::fs::remove_dir_all(&root);
+}

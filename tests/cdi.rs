@@ -6,7 +6,8 @@ mod common;
 
 use common::{skip, Rig, WAIT};
 use k8s_accelerator_devplugin::api;
-use k8s_accelerator_devplugin::sim::{Fme, SimNode, TempDir, AFU_ID};
+use k8s_accelerator_devplugin::discovery::aws_fpga::Generation;
+use k8s_accelerator_devplugin::sim::{AwsDriver, Fme, SimNode, TempDir, AFU_ID};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -92,6 +93,43 @@ fn the_validator_tells_good_from_bad_and_our_specs_are_good() {
         );
     }
     assert!(report.contains(&format!("valid {}", ours.display())), "{report}");
+}
+
+/// An AWS slot is one CDI device with every node of its driver; a slot without a driver has none (and no
+/// CDI device: Allocate still gives it its variables). The spec passes the official schema.
+#[test]
+fn an_aws_slot_is_a_cdi_device_with_every_node_of_its_driver() {
+    let rig = Rig::new();
+    let slots = rig.node.aws_instance(Generation::F1, 2).unwrap();
+    rig.node.aws_bind(&slots[0], AwsDriver::Xdma(0)).unwrap();
+    let cdi = TempDir::new("cdi").unwrap();
+    let p = rig.plugin(&["--backend", "aws-fpga", "--cdi-spec-dir", cdi.path().to_str().unwrap()]);
+    rig.wait_list(&[("0", "Healthy"), ("1", "Healthy")]);
+    let path = cdi.path().join(SPEC);
+    assert!(common::wait_until(WAIT, || path.exists()), "{}", p.log());
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let devices = doc["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "only the slot with nodes: {doc}");
+    assert_eq!(devices[0]["name"], "0");
+    let nodes = devices[0]["containerEdits"]["deviceNodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 27);
+    assert!(nodes.iter().all(|n| n["path"].as_str().unwrap().starts_with("/dev/xdma0_")), "{doc}");
+    if let Some(schema) = schema_dir() {
+        if let Some(out) = validate(&schema, std::slice::from_ref(&path)) {
+            assert!(out.starts_with("valid "), "{out}");
+        }
+    }
+
+    let mut req = api::AllocateRequest::new();
+    let mut c = api::ContainerAllocateRequest::new();
+    c.devices_ids = vec!["1".into(), "0".into()];
+    req.container_requests.push(c);
+    let resp = rig.client().allocate(&req).unwrap();
+    let c = &resp.container_responses[0];
+    let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["b-com.com/accelerator=0"]);
+    assert!(c.devices.is_empty());
+    assert_eq!(c.envs["ACCELERATOR_PCI_ADDRESSES"], format!("{},{}", slots[1].application, slots[0].application));
 }
 
 #[test]

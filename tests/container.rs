@@ -5,7 +5,7 @@
 //! `docker exec`, and stop with exit code 0 on `docker stop` within the pod's grace period.
 //!
 //! Needs a docker engine and the image, so it runs only when CI says where things are:
-//! - `K8S_ACCEL_TEST_MANIFESTS`: a directory with `<flavour>.json` for the aws, intel, intel-afu and
+//! - `K8S_ACCEL_TEST_MANIFESTS`: a directory with `<flavour>.json` for the aws, aws-fpga, intel, intel-afu and
 //!   intel-cdi flavours, the rendered overlays as JSON
 //!   (`kubectl kustomize deploy/overlays/<flavour>` converted from YAML);
 //! - the image named in the manifests must exist in the local docker engine (`./build.sh image --binary`).
@@ -17,9 +17,10 @@ mod common;
 use common::{sockets, wait_until, WAIT};
 use k8s_accelerator_devplugin::api;
 use k8s_accelerator_devplugin::cli::{self, BackendChoice, Command as Cli};
+use k8s_accelerator_devplugin::discovery::aws_fpga::Generation;
 use k8s_accelerator_devplugin::discovery::{self, Backend, Roots};
 use k8s_accelerator_devplugin::routing::Routes;
-use k8s_accelerator_devplugin::sim::{FakeKubelet, Fme, SimNode, TempDir};
+use k8s_accelerator_devplugin::sim::{AwsDriver, FakeKubelet, Fme, SimNode, TempDir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -243,11 +244,19 @@ struct Host {
 }
 
 impl Host {
-    fn new(intel: bool) -> Host {
+    /// A host with two Intel ports, or an F1 instance with two slots (XDMA bound to slot 1), or neither.
+    fn new(backend: Option<Backend>) -> Host {
         let node = SimNode::new().unwrap();
-        if intel {
-            node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
-            node.dfl_card("0000:86:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(1, 0)]).unwrap();
+        match backend {
+            Some(Backend::Intel) => {
+                node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+                node.dfl_card("0000:86:00.0", 1, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(1, 0)]).unwrap();
+            }
+            Some(Backend::AwsFpga) => {
+                let slots = node.aws_instance(Generation::F1, 2).unwrap();
+                node.aws_bind(&slots[1], AwsDriver::Xdma(0)).unwrap();
+            }
+            _ => {}
         }
         // A real host's /dev has a null device, and runc needs it in a /dev mounted over the container's.
         let null = std::ffi::CString::new(node.dev().join("null").to_str().unwrap()).unwrap();
@@ -347,7 +356,13 @@ fn run_flavour(flavour: &str) {
         other => panic!("the manifest's args {:?} do not run the plugin: {other:?}", spec.args),
     };
     let intel = options.backend == Some(BackendChoice::Intel);
-    let mut host = Host::new(intel);
+    let aws_fpga = options.backend == Some(BackendChoice::AwsFpga);
+    let found = match options.backend {
+        Some(BackendChoice::Intel) => Some(Backend::Intel),
+        Some(BackendChoice::AwsFpga) => Some(Backend::AwsFpga),
+        _ => None,
+    };
+    let mut host = Host::new(found);
     let name = format!("k8s-accel-test-{flavour}-{}", std::process::id());
     let container = host.run(&spec, &name);
 
@@ -355,8 +370,8 @@ fn run_flavour(flavour: &str) {
     // does, from the simulated host).
     let routes = Routes::new(&options.resource_name, &options.afu_resources, options.afu_auto);
     let mut known = routes.fixed();
-    let devices = if intel {
-        discovery::scan(Backend::Intel, &Roots { sysfs: host.node.sysfs(), dev: host.node.dev() }).devices
+    let devices = if let Some(backend) = found {
+        discovery::scan(backend, &Roots { sysfs: host.node.sysfs(), dev: host.node.dev() }).devices
     } else {
         discovery::scan(
             Backend::Aws { units: options.accel_nbunits.unwrap_or(cli::DEFAULT_UNITS) },
@@ -452,6 +467,16 @@ fn run_flavour(flavour: &str) {
         for d in &c.devices {
             check_host_path(&d.host_path);
         }
+    } else if aws_fpga {
+        // Slot 1's XDMA nodes, through the manifest's /dev mount; slot 0 has no driver, so no node.
+        let c = allocate(&client, &["1", "0"]);
+        assert_eq!(c.envs["ACCELERATOR_UNITS"], "1,0");
+        assert_eq!(c.envs["ACCELERATOR_PCI_ADDRESSES"], "0000:00:11.0,0000:00:0f.0");
+        assert_eq!(c.devices.len(), 27, "{:?}", c.devices);
+        for d in &c.devices {
+            assert!(d.container_path.starts_with("/dev/xdma0_"), "{}", d.container_path);
+            check_host_path(&d.host_path);
+        }
     } else {
         let c = allocate(&client, &["3", "1"]);
         assert_eq!(c.envs["ACCELERATOR_UNITS"], "3,1");
@@ -496,6 +521,11 @@ fn run_flavour(flavour: &str) {
 #[test]
 fn the_aws_daemonset_runs_under_docker() {
     run_flavour("aws");
+}
+
+#[test]
+fn the_aws_fpga_daemonset_runs_under_docker() {
+    run_flavour("aws-fpga");
 }
 
 #[test]

@@ -9,11 +9,12 @@ type Check = fn(&[u8]);
 
 #[test]
 fn every_corpus_input_passes_its_targets_checks() {
-    let targets: [(&str, Check); 4] = [
+    let targets: [(&str, Check); 5] = [
         ("pci_address", fuzzing::pci_address),
         ("sysfs_attributes", fuzzing::sysfs_attributes),
         ("command_line", fuzzing::command_line),
         ("discovery_tree", fuzzing::discovery_tree),
+        ("aws_fpga_tree", fuzzing::aws_fpga_tree),
     ];
     for (target, check) in targets {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
