@@ -113,7 +113,7 @@ pub fn allocate(
         if !addresses.is_empty() {
             c.envs.insert(ENV_PCI_ADDRESSES.to_string(), addresses.join(","));
         }
-        for d in devices.iter().filter(|d| !d.nodes.is_empty()) {
+        for d in devices.iter().filter(|d| crate::cdi::is_cdi_device(d)) {
             if let Some(kind) = cdi_kind {
                 let mut cdi = api::CDIDevice::new();
                 cdi.name = crate::cdi::device_name(kind, &d.id);

@@ -60,17 +60,33 @@ pub fn check_kind(kind: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The spec document for `resource` and its devices; None when no device has a node.
+/// Whether a device is a CDI device (an entry in the spec, named in Allocate): an Intel port (its node), an
+/// AWS slot (its driver's nodes, if any, and its application PF's address: an entry stays while an image
+/// load takes its nodes away, so a container created then still resolves its name); not an AWS unit.
+pub fn is_cdi_device(d: &crate::device::Device) -> bool {
+    !d.nodes.is_empty() || d.pci_address.is_some()
+}
+
+/// The spec document for `resource` and its devices; None when none is a CDI device. Each entry gives the
+/// device's nodes and, for an AWS slot, the environment variable `ACCELERATOR_PCI_ADDRESS_<ID>` (its
+/// application PF's address; CDI refuses an entry with no edit).
 #[cfg(feature = "grpc")]
 pub fn spec(resource: &str, devices: &[crate::device::Device]) -> Option<String> {
     let entries: Vec<serde_json::Value> = devices
         .iter()
-        .filter(|d| !d.nodes.is_empty())
+        .filter(|d| is_cdi_device(d))
         .map(|d| {
             let nodes: Vec<serde_json::Value> = (d.nodes.iter())
                 .map(|n| serde_json::json!({"path": n.container_path, "hostPath": n.host_path, "permissions": "rw"}))
                 .collect();
-            serde_json::json!({"name": d.id, "containerEdits": {"deviceNodes": nodes}})
+            let mut edits = serde_json::Map::new();
+            if !nodes.is_empty() {
+                edits.insert("deviceNodes".into(), nodes.into());
+            }
+            if let Some(address) = &d.pci_address {
+                edits.insert("env".into(), serde_json::json!([format!("ACCELERATOR_PCI_ADDRESS_{}={address}", d.id)]));
+            }
+            serde_json::json!({"name": d.id, "containerEdits": edits})
         })
         .collect();
     if entries.is_empty() {

@@ -37,14 +37,15 @@ Options:
   --dev-root DIR               Where the host's device nodes are [default: /dev]
   --scan-interval DURATION     Full rediscovery period, e.g. 200ms, 5s, 1m (durations: a whole number
                                and ms, s, m or h, 10ms to 24h) [default: 30s]
-  --health-interval DURATION   How often the known ports' health and AFU are read (Intel), e.g. 500ms, 2s
-                               [default: 1s]
+  --health-interval DURATION   How often the known Intel ports' health and AFU are read, and the AWS
+                               slots' application PFs looked at, e.g. 500ms, 2s [default: 1s]
   --log-level LEVEL            error|warn|info|debug|trace [default: info]
   --log-file PATH              Also log to this file (- or absent: stderr only)
   -h, --help                   Print this help
   -V, --version                Print the version
 
 Every long option may also be written with one dash (-accel-nbunits 1) and with = (--accel-nbunits=1).
+An option given twice keeps its last value (--afu-resource adds an entry each time).
 ";
 
 const LONG_FLAGS: [&str; 14] = [

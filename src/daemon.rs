@@ -87,6 +87,7 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
         ports: Vec::new(),
         slots: Vec::new(),
         found_problems: Vec::new(),
+        retry: false,
     };
     scanner.scan();
 
@@ -111,6 +112,22 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
 /// discovery that reported a problem (a port half-created when it was scanned heals within this long). At
 /// most `--scan-interval`.
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a burst of device-node events may go on before the discovery it starts: it runs once the dev
+/// root has been quiet for `quiet`, and at the latest `longest` after the burst's first event.
+struct Settle {
+    quiet: Duration,
+    longest: Duration,
+}
+
+/// Intel ports: at once (a port has one node). AWS slots: a DMA driver makes dozens of nodes as it probes
+/// (27 for XDMA), so that one discovery sees them all rather than one per node.
+fn node_settle(backend: Backend) -> Settle {
+    match backend {
+        Backend::AwsFpga => Settle { quiet: Duration::from_millis(20), longest: Duration::from_millis(250) },
+        _ => Settle { quiet: Duration::ZERO, longest: Duration::ZERO },
+    }
+}
 
 /// The two directories we follow. A directory that cannot be watched (yet) is retried every tick.
 #[derive(Default)]
@@ -179,10 +196,16 @@ fn event_loop(
     // Intel ports and AWS slots have health to read between scans; AWS units never change.
     let health_passes = settings.backend.is_dynamic();
     let mut next_health = Instant::now() + settings.health_interval;
+    // Device-node events not acted on yet: (first, last) of the burst (see `NODE_SETTLE`).
+    let mut nodes_changed: Option<(Instant, Instant)> = None;
+    let settle = node_settle(settings.backend);
     loop {
         let mut deadline = next_tick.min(next_check);
         if health_passes {
             deadline = deadline.min(next_health);
+        }
+        if let Some((first, last)) = nodes_changed {
+            deadline = deadline.min((last + settle.quiet).min(first + settle.longest));
         }
         let timeout = deadline.saturating_duration_since(Instant::now());
         let mut fds = [
@@ -237,10 +260,18 @@ fn event_loop(
                 }
             } else if watches.dev.is(event.wd) && discovery::is_device_node_name(settings.backend, &event.name) {
                 log::debug!("{}/{} changed", settings.roots.dev.display(), event.name);
-                rescan = true;
+                let now = Instant::now();
+                nodes_changed = Some((nodes_changed.map_or(now, |(first, _)| first), now));
             }
         }
 
+        if let Some((first, last)) = nodes_changed {
+            let now = Instant::now();
+            if now >= last + settle.quiet || now >= first + settle.longest {
+                nodes_changed = None;
+                rescan = true;
+            }
+        }
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + settings.scan_interval;
             rescan |= settings.backend.is_dynamic();
@@ -250,9 +281,10 @@ fn event_loop(
             watches.ensure(inotify, settings);
             let _ = events.send(Event::Tick);
             scanner.check_cdi_specs();
-            // A port half-created when it was discovered (its `id` not there yet, a dangling link) is
-            // looked at again soon, not at the next full discovery.
-            rescan |= settings.backend.is_dynamic() && !scanner.found_problems.is_empty();
+            // A port half-created when it was discovered (its `id` not there yet, a dangling link), or an
+            // AWS slot whose driver has made no node yet, is looked at again soon, not at the next full
+            // discovery.
+            rescan |= settings.backend.is_dynamic() && scanner.retry;
         }
         if rescan {
             scanner.scan();
@@ -301,6 +333,8 @@ struct Scanner {
     files: Vec<discovery::intel::PortFiles>,
     /// The problems the last full discovery reported.
     found_problems: Vec<String>,
+    /// Whether the last full discovery found something that may heal soon (`discovery::Scan::retry`).
+    retry: bool,
     /// What full discoveries keep from one to the next.
     cache: discovery::intel::Cache,
 }
@@ -335,6 +369,7 @@ impl Scanner {
         // Opened again at the next health pass, for the ports this discovery found.
         self.files.clear();
         self.found_problems = scan.problems;
+        self.retry = scan.retry;
         self.publish(scan.devices);
     }
 
@@ -444,7 +479,8 @@ impl Scanner {
             // The spec before the list: a container given a device must find it in the spec.
             self.write_cdi_spec(&resource, &devices);
             registry::publish(&registry, devices, |changes| {
-                if !changes.is_empty() {
+                // A NUMA node alone changes the list, not what is logged: still say it is sent.
+                if !changes.is_empty() || changes.visible {
                     let of = if single { String::new() } else { format!(" of {resource}") };
                     log_changes(changes, &moved, &of);
                     if changes.visible {
@@ -567,6 +603,16 @@ pub fn raise_descriptor_limit() -> u64 {
     limit.rlim_cur
 }
 
+/// "27 device nodes", "1 device node", "no device node" (an AWS slot with no driver bound, or whose
+/// application PF is missing).
+fn node_count(n: usize) -> String {
+    match n {
+        0 => "no device node".into(),
+        1 => "1 device node".into(),
+        n => format!("{n} device nodes"),
+    }
+}
+
 /// Logs a registry update: `of` names the resource when there are several (empty otherwise).
 fn log_changes(changes: &registry::Changes, moved: &HashSet<String>, of: &str) {
     // A long list (the aws backend) is summarised rather than logged device by device.
@@ -574,7 +620,11 @@ fn log_changes(changes: &registry::Changes, moved: &HashSet<String>, of: &str) {
         log::info!("{} devices appeared{of}", changes.added.len());
     } else {
         for d in changes.added.iter().filter(|d| !moved.contains(&d.id)) {
-            let numa = d.numa_node.map(|n| format!(", NUMA node {n}")).unwrap_or_default();
+            let mut numa = d.numa_node.map(|n| format!(", NUMA node {n}")).unwrap_or_default();
+            // An AWS slot: which function it is and what its driver gives (Intel ports: the ID says it).
+            if let Some(address) = &d.pci_address {
+                numa.push_str(&format!(", application PF {address}, {}", node_count(d.nodes.len())));
+            }
             match &d.health {
                 crate::device::Health::Unhealthy(why) => {
                     log::warn!("device {}{of} appeared, Unhealthy: {why}{numa}", d.id)
@@ -591,6 +641,9 @@ fn log_changes(changes: &registry::Changes, moved: &HashSet<String>, of: &str) {
             crate::device::Health::Unhealthy(why) => log::warn!("device {}{of} is now Unhealthy: {why}", d.id),
             _ => log::info!("device {}{of} is Healthy again", d.id),
         }
+    }
+    for d in changes.nodes.iter().filter(|d| d.pci_address.is_some()) {
+        log::info!("device {}{of} now has {}", d.id, node_count(d.nodes.len()));
     }
     for d in &changes.reasons {
         if let crate::device::Health::Unhealthy(why) = &d.health {

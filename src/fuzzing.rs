@@ -301,6 +301,9 @@ pub fn aws_fpga_tree(data: &[u8]) {
         last = Some(n);
         assert_eq!(d.id, slot.id);
         assert!(d.pci_address.as_deref().and_then(parse_pci_address).is_some(), "{:?}", d.pci_address);
+        if slot.identity.is_none() {
+            assert!(d.nodes.is_empty() && !d.health.is_healthy(), "slot {} has no application PF", d.id);
+        }
         for node in &d.nodes {
             let container = Path::new(&node.container_path);
             assert!(container.starts_with("/dev/"), "{}", node.container_path);

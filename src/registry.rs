@@ -62,13 +62,20 @@ pub struct Changes {
     pub health: Vec<Device>,
     /// Devices still Unhealthy, for another reason now (the kubelet sees no change; the log says it).
     pub reasons: Vec<Device>,
+    /// Devices whose device nodes changed (an AWS slot's driver bound, unbound or bound again), with the
+    /// new nodes: what Allocate hands over changes, the list the kubelet sees does not.
+    pub nodes: Vec<Device>,
     /// Whether the list the kubelet sees changed (and so is sent to every ListAndWatch stream).
     pub visible: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.health.is_empty() && self.reasons.is_empty()
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.health.is_empty()
+            && self.reasons.is_empty()
+            && self.nodes.is_empty()
     }
 }
 
@@ -142,9 +149,16 @@ pub fn prepare(old: &Snapshot, devices: Vec<Device>) -> (Next, Changes) {
     for d in new.devices() {
         match old.get(&d.id) {
             None => changes.added.push(d.clone()),
-            Some(prev) if prev.health.is_healthy() != d.health.is_healthy() => changes.health.push(d.clone()),
-            Some(prev) if prev.health != d.health => changes.reasons.push(d.clone()),
-            Some(_) => {}
+            Some(prev) => {
+                if prev.health.is_healthy() != d.health.is_healthy() {
+                    changes.health.push(d.clone());
+                } else if prev.health != d.health {
+                    changes.reasons.push(d.clone());
+                }
+                if prev.nodes != d.nodes {
+                    changes.nodes.push(d.clone());
+                }
+            }
         }
     }
     changes.removed = old.devices().iter().filter(|d| new.get(&d.id).is_none()).map(|d| d.id.clone()).collect();

@@ -95,8 +95,8 @@ fn the_validator_tells_good_from_bad_and_our_specs_are_good() {
     assert!(report.contains(&format!("valid {}", ours.display())), "{report}");
 }
 
-/// An AWS slot is one CDI device with every node of its driver; a slot without a driver has none (and no
-/// CDI device: Allocate still gives it its variables). The spec passes the official schema.
+/// An AWS slot is one CDI device with every node of its driver and its application PF's address; a slot
+/// without a driver has the address only. The spec passes the official schema.
 #[test]
 fn an_aws_slot_is_a_cdi_device_with_every_node_of_its_driver() {
     let rig = Rig::new();
@@ -109,11 +109,17 @@ fn an_aws_slot_is_a_cdi_device_with_every_node_of_its_driver() {
     assert!(common::wait_until(WAIT, || path.exists()), "{}", p.log());
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let devices = doc["devices"].as_array().unwrap();
-    assert_eq!(devices.len(), 1, "only the slot with nodes: {doc}");
+    assert_eq!(devices.len(), 2, "{doc}");
     assert_eq!(devices[0]["name"], "0");
     let nodes = devices[0]["containerEdits"]["deviceNodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 27);
     assert!(nodes.iter().all(|n| n["path"].as_str().unwrap().starts_with("/dev/xdma0_")), "{doc}");
+    assert_eq!(devices[0]["containerEdits"]["env"][0], format!("ACCELERATOR_PCI_ADDRESS_0={}", slots[0].application));
+    // The slot with no driver: its address only, so that its name resolves (and so it does after an image
+    // load took its nodes away).
+    assert_eq!(devices[1]["name"], "1");
+    assert!(devices[1]["containerEdits"].get("deviceNodes").is_none(), "{doc}");
+    assert_eq!(devices[1]["containerEdits"]["env"][0], format!("ACCELERATOR_PCI_ADDRESS_1={}", slots[1].application));
     if let Some(schema) = schema_dir() {
         if let Some(out) = validate(&schema, std::slice::from_ref(&path)) {
             assert!(out.starts_with("valid "), "{out}");
@@ -127,7 +133,7 @@ fn an_aws_slot_is_a_cdi_device_with_every_node_of_its_driver() {
     let resp = rig.client().allocate(&req).unwrap();
     let c = &resp.container_responses[0];
     let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
-    assert_eq!(names, ["b-com.com/accelerator=0"]);
+    assert_eq!(names, ["b-com.com/accelerator=1", "b-com.com/accelerator=0"]);
     assert!(c.devices.is_empty());
     assert_eq!(c.envs["ACCELERATOR_PCI_ADDRESSES"], format!("{},{}", slots[1].application, slots[0].application));
 }

@@ -290,3 +290,26 @@ fn a_health_pass_reads_the_port_and_gives_up_on_a_directory_gone_or_replaced() {
         s.devices[0].health
     );
 }
+
+#[test]
+fn aws_slots_are_numbered_in_pci_address_order_not_name_order() {
+    let node = SimNode::new().unwrap();
+    // Two F2 slots in two PCI domains: by name "10000:…" sorts before "1000:…", by address after.
+    for domain in ["10000", "1000"] {
+        node.aws_function(&format!("{domain}:01:00.1"), 0x1d0f, 0x9248, 0).unwrap();
+        node.aws_function(&format!("{domain}:01:00.0"), 0x1d0f, 0x9048, 0).unwrap();
+    }
+    // A function 0 with an F2 management PF's IDs (an image could give an application PF any IDs): on F2
+    // it cannot be a management PF; reported, and it keeps its place in the numbering.
+    node.aws_function("2000:01:00.0", 0x1d0f, 0x9248, 0).unwrap();
+    let scan = discovery::scan(Backend::AwsFpga, &roots(&node));
+    let slots: Vec<(&str, Option<&str>)> =
+        scan.devices.iter().map(|d| (d.id.as_str(), d.pci_address.as_deref())).collect();
+    // 1000 < 2000 < 10000: the skipped one keeps its number, 1.
+    assert_eq!(slots, [("0", Some("1000:01:00.0")), ("2", Some("10000:01:00.0"))]);
+    assert!(
+        scan.problems.iter().any(|p| p.contains("skipping slot 1: its management PF 2000:01:00.0")),
+        "{:?}",
+        scan.problems
+    );
+}

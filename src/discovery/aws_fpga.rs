@@ -8,8 +8,9 @@
 //!   which an image (AFI) sets. An image load removes it for a few seconds and brings it back at the same
 //!   address, perhaps with another driver and other device nodes.
 //! - the **device nodes** are those of the driver bound to the application PF: every `<sys>/class/xdma/*`
-//!   and `<sys>/class/edma/*` entry whose `device` link resolves to it (`/dev/<name>`), and its
-//!   `drm/renderD*` (XRT's `xocl`: `/dev/dri/renderD<N>`). Without a driver (F2's default) there is none.
+//!   and `<sys>/class/edma/*` entry whose `device` link resolves to it (`/dev/<name>`), its
+//!   `drm/renderD*` (XRT's `xocl`: `/dev/dri/renderD<N>`), and with `vfio-pci`, `/dev/vfio/vfio` and
+//!   `/dev/vfio/<its IOMMU group>`. Without a driver (F2's default) there is none.
 //!
 //! Nothing here was tried on an instance: the layout comes from the AWS SDK's sources, the XDMA and XRT
 //! drivers' sources and the AWS shell specifications.
@@ -18,7 +19,6 @@ use super::sysfs::{self, dir_id, DirId, PciAddress};
 use super::Scan;
 use crate::device::{DevNode, Device, Health};
 use std::collections::HashMap;
-use std::io;
 use std::path::{Path, PathBuf};
 
 /// The PCI vendor ID of Amazon (Annapurna Labs): every management PF, and the application PF before an
@@ -56,9 +56,14 @@ impl Generation {
     }
 }
 
+/// The drivers whose device nodes the plugin knows how to find: a slot with one of them bound and none of
+/// its nodes yet is being probed (Unhealthy, looked at again within 5 s).
+const KNOWN_DRIVERS: [&str; 4] = ["xdma", "edma", "xocl", "vfio-pci"];
+
 /// What a health pass looks at for one slot between full discoveries: whether its application PF is still
-/// the one discovered (or still missing), with the same driver. Anything else (an image load, a driver
-/// bound or unbound) starts a full discovery, which finds the new nodes.
+/// the one discovered (or still missing), with the same driver and the same first device node. Anything
+/// else (an image load, a driver bound, unbound or bound again) starts a full discovery, which finds the
+/// new nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotPaths {
     /// The slot's device ID.
@@ -69,12 +74,18 @@ pub struct SlotPaths {
     pub identity: Option<DirId>,
     /// The name of the driver bound to it when discovered; None when none was (or it was missing).
     pub driver: Option<String>,
+    /// The host path of its first device node when discovered: a driver bound again (same name, new node
+    /// numbers) removes it.
+    pub first_node: Option<PathBuf>,
 }
 
 /// Whether a slot's application PF came or went, or was replaced (an image load), or its driver changed,
-/// since `slot` was discovered: a `stat` and a `readlink`.
+/// or its first device node went, since `slot` was discovered: a `stat`, a `readlink` and, with a node, a
+/// `stat` of it.
 pub fn changed(slot: &SlotPaths) -> bool {
-    dir_id(&slot.application_pf) != slot.identity || driver(&slot.application_pf) != slot.driver
+    dir_id(&slot.application_pf) != slot.identity
+        || driver(&slot.application_pf) != slot.driver
+        || slot.first_node.as_ref().is_some_and(|node| std::fs::symlink_metadata(node).is_err())
 }
 
 /// Whether `sys` shows at least one AWS FPGA management PF.
@@ -82,23 +93,27 @@ pub fn present(sys: &Path) -> bool {
     !management_pfs(sys, &mut Vec::new()).is_empty()
 }
 
-/// The management PFs in `<sys>/bus/pci/devices`, in ascending address order (the slot order).
+/// The management PFs in `<sys>/bus/pci/devices`, in ascending address order (the slot order). A function
+/// whose IDs cannot be read is reported: it could be a slot, and every later slot's number depends on it.
 fn management_pfs(sys: &Path, problems: &mut Vec<String>) -> Vec<(PciAddress, Generation)> {
-    let bus = sys.join("bus/pci/devices");
-    let entries = match sysfs::sorted_entries(&bus) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            problems.push(format!("cannot list {}: {e}", bus.display()));
-            Vec::new()
-        }
-    };
     let mut found = Vec::new();
-    for entry in entries {
+    for entry in sysfs::listed(&sys.join("bus/pci/devices"), problems) {
         let Some(address) = entry.file_name().and_then(|n| n.to_str()).and_then(sysfs::parse_pci_address) else {
             continue;
         };
-        let id = |name: &str| sysfs::read_attr(&entry.join(name)).ok().and_then(|t| sysfs::parse_pci_id(&t));
+        let mut id = |name: &str| -> Option<u16> {
+            let path = entry.join(name);
+            let text =
+                sysfs::read_attr(&path).map_err(|e| problems.push(format!("cannot read {}: {e}", path.display())));
+            let id = text.ok().map(|t| (sysfs::parse_pci_id(&t), t));
+            match id {
+                Some((None, text)) => {
+                    problems.push(format!("ignoring {}: not a PCI ID: {:?}", path.display(), text.trim()));
+                    None
+                }
+                other => other.and_then(|(id, _)| id),
+            }
+        };
         // Most functions are not ours: their `device` is not even read.
         if id("vendor") != Some(AWS_VENDOR) {
             continue;
@@ -118,44 +133,46 @@ fn driver(function: &Path) -> Option<String> {
     target.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
-/// The class devices of `<sys>/class/<class>`, by the real path of the device each belongs to (its `device`
-/// link, resolved).
-fn class_devices(sys: &Path, class: &str, problems: &mut Vec<String>) -> HashMap<PathBuf, Vec<String>> {
-    let dir = sys.join("class").join(class);
-    let entries = match sysfs::sorted_entries(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            problems.push(format!("cannot list {}: {e}", dir.display()));
-            Vec::new()
-        }
-    };
-    let mut by_device: HashMap<PathBuf, Vec<String>> = HashMap::new();
-    for entry in entries {
-        let Some(name) = entry.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
-        let owner = sysfs::resolve_link(&entry).and_then(|real| sysfs::resolve_link(&real.join("device")));
-        match owner {
-            Ok(owner) => by_device.entry(owner).or_default().push(name),
-            Err(e) => problems.push(format!("skipping {}: cannot resolve its device: {e}", entry.display())),
+/// The class devices of `<sys>/class/xdma` and `<sys>/class/edma`, by the PCI function each belongs to
+/// (the last PCI address in the path its `device` link resolves to, so that how the links are spelled
+/// does not matter).
+fn class_devices(sys: &Path, problems: &mut Vec<String>) -> HashMap<PciAddress, Vec<String>> {
+    let mut by_function: HashMap<PciAddress, Vec<String>> = HashMap::new();
+    for class in ["xdma", "edma"] {
+        for entry in sysfs::listed(&sys.join("class").join(class), problems) {
+            let Some(name) = entry.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+            let owner = sysfs::resolve_link(&entry).and_then(|real| sysfs::resolve_link(&real.join("device")));
+            match owner.map(|owner| sysfs::pci_function_of(&owner).map(|(address, _)| address)) {
+                Ok(Some(function)) => by_function.entry(function).or_default().push(name),
+                Ok(None) => {}
+                Err(e) => problems.push(format!("skipping {}: cannot resolve its device: {e}", entry.display())),
+            }
         }
     }
-    by_device
+    by_function
+}
+
+/// A slot as first read: its application PF (None: no place for one), the PF's link in `bus/pci/devices`,
+/// its identity (None: missing) and its driver.
+struct Slot {
+    id: String,
+    management: PciAddress,
+    application: PciAddress,
+    link: PathBuf,
+    identity: Option<DirId>,
+    driver: Option<String>,
 }
 
 /// A full discovery of the AWS FPGA slots under `sys`, with their nodes under `dev`.
 pub fn scan(sys: &Path, dev: &Path) -> Scan {
     let mut scan = Scan::default();
-    let management = management_pfs(sys, &mut scan.problems);
-    if management.is_empty() {
-        return scan;
-    }
-    let mut classes: Vec<HashMap<PathBuf, Vec<String>>> = Vec::new();
-    for class in ["xdma", "edma"] {
-        classes.push(class_devices(sys, class, &mut scan.problems));
-    }
     let bus = sys.join("bus/pci/devices");
-    for (slot, (management, generation)) in management.into_iter().enumerate() {
-        let id = slot.to_string();
+    // Each application PF and its driver first, the class devices after: a driver being probed makes its
+    // `driver` link before its nodes, so a slot is never recorded with a driver whose nodes were listed
+    // before it was bound.
+    let mut slots = Vec::new();
+    for (number, (management, generation)) in management_pfs(sys, &mut scan.problems).into_iter().enumerate() {
+        let id = number.to_string();
         let Some(application) = generation.application_pf(management) else {
             scan.problems.push(format!(
                 "skipping slot {id}: its management PF {management} has no place for an application PF on {generation:?}"
@@ -164,52 +181,73 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
         };
         let link = bus.join(application.to_string());
         let identity = dir_id(&link);
-        let device = match (identity, sysfs::resolve_link(&link)) {
-            (Some(_), Ok(real)) => present_slot(&id, application, &real, dev, &classes, &mut scan.problems),
+        let driver = identity.and(driver(&link));
+        slots.push(Slot { id, management, application, link, identity, driver });
+    }
+    if slots.is_empty() {
+        return scan;
+    }
+    let classes = class_devices(sys, &mut scan.problems);
+    for slot in slots {
+        let device = match (slot.identity, sysfs::resolve_link(&slot.link)) {
+            (Some(_), Ok(real)) => present_slot(&slot, &real, dev, &classes, &mut scan),
             _ => {
-                let numa_node = numa_node(&bus.join(management.to_string()), &mut scan.problems);
+                let management = bus.join(slot.management.to_string());
                 Device {
-                    id: id.clone(),
+                    id: slot.id.clone(),
                     health: Health::Unhealthy(format!(
-                        "its application PF {application} is missing (an image load removes it for a few seconds)"
+                        "its application PF {} is missing (an image load removes it for a few seconds)",
+                        slot.application
                     )),
-                    numa_node,
+                    // The management PF is on the same card.
+                    numa_node: numa_node(&management, &mut scan.problems),
                     nodes: Vec::new(),
-                    pci_address: Some(application.to_string()),
+                    pci_address: Some(slot.application.to_string()),
                     afu_id: None,
                 }
             }
         };
-        let driver = identity.and(driver(&link));
-        scan.slots.push(SlotPaths { id, application_pf: link, identity, driver });
+        let first_node = device.nodes.first().map(|n| PathBuf::from(&n.host_path));
+        scan.slots.push(SlotPaths {
+            id: slot.id,
+            application_pf: slot.link,
+            identity: slot.identity,
+            driver: slot.driver,
+            first_node,
+        });
         scan.devices.push(device);
     }
     scan
 }
 
 /// A slot whose application PF is at `real` (its directory in `/sys/devices`): its NUMA node and the
-/// device nodes of its driver; Unhealthy while one of them is missing.
+/// device nodes of its driver; Unhealthy while one of them is missing, or while a driver the plugin knows
+/// is bound and has made none yet (then `scan.retry` is set: it is looked at again within 5 s).
 fn present_slot(
-    id: &str,
-    application: PciAddress,
+    slot: &Slot,
     real: &Path,
     dev: &Path,
-    classes: &[HashMap<PathBuf, Vec<String>>],
-    problems: &mut Vec<String>,
+    classes: &HashMap<PciAddress, Vec<String>>,
+    scan: &mut Scan,
 ) -> Device {
     let mut nodes = Vec::new();
-    for class in classes {
-        for name in class.get(real).into_iter().flatten() {
-            nodes.push((dev.join(name), format!("/dev/{name}")));
+    for name in classes.get(&slot.application).into_iter().flatten() {
+        nodes.push((dev.join(name), format!("/dev/{name}")));
+    }
+    for entry in sysfs::listed(&real.join("drm"), &mut scan.problems) {
+        let Some(name) = entry.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.starts_with("renderD") {
+            nodes.push((dev.join("dri").join(name), format!("/dev/dri/{name}")));
         }
     }
-    let drm = real.join("drm");
-    if let Ok(entries) = sysfs::sorted_entries(&drm) {
-        for entry in entries {
-            let Some(name) = entry.file_name().and_then(|n| n.to_str()) else { continue };
-            if name.starts_with("renderD") {
-                nodes.push((dev.join("dri").join(name), format!("/dev/dri/{name}")));
-            }
+    // VFIO: the container driver and the PF's IOMMU group.
+    if slot.driver.as_deref() == Some("vfio-pci") {
+        if let Some(group) = std::fs::read_link(real.join("iommu_group"))
+            .ok()
+            .and_then(|g| g.file_name().map(|n| n.to_string_lossy().into_owned()))
+        {
+            nodes.push((dev.join("vfio/vfio"), "/dev/vfio/vfio".into()));
+            nodes.push((dev.join("vfio").join(&group), format!("/dev/vfio/{group}")));
         }
     }
     let mut health = Health::Healthy;
@@ -219,14 +257,25 @@ fn present_slot(
             break;
         }
     }
+    match slot.driver.as_deref() {
+        Some(driver) if nodes.is_empty() && KNOWN_DRIVERS.contains(&driver) => {
+            health = Health::Unhealthy(format!("driver {driver} is bound to {}, and has made no device node yet", slot.application));
+            scan.retry = true;
+        }
+        Some(driver) if nodes.is_empty() => scan.problems.push(format!(
+            "slot {}: driver {driver} is bound to its application PF {}, and the plugin knows no device node of it: pods get none",
+            slot.id, slot.application
+        )),
+        _ => {}
+    }
     Device {
-        id: id.to_string(),
+        id: slot.id.clone(),
         health,
-        numa_node: numa_node(real, problems),
+        numa_node: numa_node(real, &mut scan.problems),
         nodes: (nodes.into_iter())
             .map(|(host, container_path)| DevNode { host_path: host.to_string_lossy().into_owned(), container_path })
             .collect(),
-        pci_address: Some(application.to_string()),
+        pci_address: Some(slot.application.to_string()),
         afu_id: None,
     }
 }
@@ -235,8 +284,5 @@ fn present_slot(
 fn numa_node(function: &Path, problems: &mut Vec<String>) -> Option<i64> {
     let path = function.join("numa_node");
     let text = sysfs::read_attr(&path).ok()?;
-    sysfs::parse_numa_node(&text).unwrap_or_else(|sysfs::Malformed| {
-        problems.push(format!("ignoring {}: not a NUMA node: {:?}", path.display(), text.trim()));
-        None
-    })
+    sysfs::numa_node(&path, &text, problems)
 }

@@ -277,6 +277,9 @@ pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
         }
     }
     cache.end_scan();
+    // Whatever was skipped may be half-created (a port whose `id` is not written yet, a class link made
+    // before its target): looked at again at the next check.
+    scan.retry = !scan.problems.is_empty();
     scan
 }
 
@@ -352,17 +355,9 @@ fn collect(
 /// The entries of a class directory whose names start with `prefix`. A missing directory (no such driver
 /// loaded) is simply empty.
 fn entries_with_prefix(dir: &Path, prefix: &str, problems: &mut Vec<String>) -> Vec<PathBuf> {
-    match sysfs::sorted_entries(dir) {
-        Ok(entries) => entries
-            .into_iter()
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
-            .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            problems.push(format!("cannot list {}: {e}", dir.display()));
-            Vec::new()
-        }
-    }
+    let mut entries = sysfs::listed(dir, problems);
+    entries.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)));
+    entries
 }
 
 fn is_small_uint(s: &str) -> bool {
@@ -372,10 +367,7 @@ fn is_small_uint(s: &str) -> bool {
 fn numa_node(function_dir: &Path, cache: &mut Cache, problems: &mut Vec<String>) -> Option<i64> {
     let path = function_dir.join("numa_node");
     let text = cache.read_fixed(function_dir, "numa_node", |s| sysfs::parse_numa_node(s).is_ok()).ok()?;
-    sysfs::parse_numa_node(&text).unwrap_or_else(|sysfs::Malformed| {
-        problems.push(format!("ignoring {}: not a NUMA node: {:?}", path.display(), text.trim()));
-        None
-    })
+    sysfs::numa_node(&path, &text, problems)
 }
 
 /// A port's `afu_id`: its canonical ID (None when blank or unreadable), and what it says about the port's

@@ -73,6 +73,9 @@ pub struct Scan {
     pub ports: Vec<intel::PortPaths>,
     /// What a health pass looks at for each AWS FPGA slot until the next full discovery.
     pub slots: Vec<aws_fpga::SlotPaths>,
+    /// Whether something found may heal by itself soon (an Intel port half-created, an AWS slot's driver
+    /// still making its nodes): the daemon then discovers again at its next 5 s check.
+    pub retry: bool,
 }
 
 pub fn scan(backend: Backend, roots: &Roots) -> Scan {

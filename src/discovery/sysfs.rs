@@ -187,6 +187,28 @@ pub fn dir_id(dir: &Path) -> Option<DirId> {
     std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino(), m.created().ok()))
 }
 
+/// The entries of `dir`, sorted by name; a missing directory (no such driver loaded, no such class) is
+/// empty, and one that cannot be listed is reported in `problems` and taken as empty.
+pub fn listed(dir: &Path, problems: &mut Vec<String>) -> Vec<std::path::PathBuf> {
+    match sorted_entries(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            problems.push(format!("cannot list {}: {e}", dir.display()));
+            Vec::new()
+        }
+    }
+}
+
+/// A PCI function's `numa_node` attribute (`path`, read as `text`): None when the kernel does not know it
+/// (`-1`), or when it is malformed, which is reported in `problems`.
+pub fn numa_node(path: &Path, text: &str, problems: &mut Vec<String>) -> Option<i64> {
+    parse_numa_node(text).unwrap_or_else(|Malformed| {
+        problems.push(format!("ignoring {}: not a NUMA node: {:?}", path.display(), text.trim()));
+        None
+    })
+}
+
 /// The entries of a directory, sorted by name.
 pub fn sorted_entries(dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
     let mut out: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?.filter_map(Result::ok).map(|e| e.path()).collect();

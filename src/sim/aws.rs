@@ -37,6 +37,10 @@ pub enum AwsDriver {
     Edma(u32),
     /// XRT's `xocl`: `<app>/drm/renderD<M>`, node `dri/renderD<M>`.
     Xocl(u32),
+    /// `vfio-pci`, with the PF in IOMMU group G: nodes `vfio/vfio` and `vfio/<G>`.
+    Vfio(u32),
+    /// A driver whose nodes the plugin does not know (`uio_pci_generic`): no class device, no node.
+    Other(&'static str),
 }
 
 impl AwsDriver {
@@ -45,6 +49,8 @@ impl AwsDriver {
             AwsDriver::Xdma(_) => "xdma",
             AwsDriver::Edma(_) => "edma",
             AwsDriver::Xocl(_) => "xocl",
+            AwsDriver::Vfio(_) => "vfio-pci",
+            AwsDriver::Other(name) => name,
         }
     }
 
@@ -65,6 +71,7 @@ impl AwsDriver {
                 .map(|name| (Some("edma"), name))
                 .collect(),
             AwsDriver::Xocl(m) => vec![(None, format!("dri/renderD{m}"))],
+            AwsDriver::Vfio(_) | AwsDriver::Other(_) => Vec::new(),
         }
     }
 }
@@ -129,10 +136,19 @@ impl SimNode {
     /// `device` link back to the PF and its `dev`) and their device nodes. Returns the node names.
     pub fn aws_bind(&self, slot: &AwsSlot, driver: AwsDriver) -> io::Result<Vec<String>> {
         let app = self.aws_function_dir(&slot.application);
-        let drivers = self.sysfs().join("bus/pci/drivers").join(driver.name());
-        fs::create_dir_all(&drivers)?;
-        symlink_rel(&drivers, &app.join("driver"))?;
+        self.aws_probe_start(slot, driver)?;
         let mut names = Vec::new();
+        if let AwsDriver::Vfio(group) = driver {
+            let groups = self.sysfs().join("kernel/iommu_groups").join(group.to_string());
+            fs::create_dir_all(&groups)?;
+            symlink_rel(&groups, &app.join("iommu_group"))?;
+            for name in ["vfio/vfio".to_string(), format!("vfio/{group}")] {
+                if !self.dev().join(&name).exists() {
+                    self.device_node(&name, 241, group)?;
+                }
+                names.push(name);
+            }
+        }
         for (minor, (class, name)) in (0u32..).zip(driver.nodes()) {
             let class_dev = match class {
                 Some(class) => {
@@ -155,10 +171,28 @@ impl SimNode {
         Ok(names)
     }
 
+    /// The start of a driver's probe: its `driver` link, and no node yet.
+    pub fn aws_probe_start(&self, slot: &AwsSlot, driver: AwsDriver) -> io::Result<()> {
+        let app = self.aws_function_dir(&slot.application);
+        let drivers = self.sysfs().join("bus/pci/drivers").join(driver.name());
+        fs::create_dir_all(&drivers)?;
+        let link = app.join("driver");
+        if fs::symlink_metadata(&link).is_ok() {
+            fs::remove_file(&link)?;
+        }
+        symlink_rel(&drivers, &link)
+    }
+
     /// Unbinds the driver of the slot's application PF: its link, class devices and nodes go.
     pub fn aws_unbind(&self, slot: &AwsSlot) -> io::Result<()> {
         let app = self.aws_function_dir(&slot.application);
         let _ = fs::remove_file(app.join("driver"));
+        if let Ok(group) = fs::read_link(app.join("iommu_group")) {
+            if let Some(group) = group.file_name() {
+                let _ = fs::remove_file(self.dev().join("vfio").join(group));
+            }
+            fs::remove_file(app.join("iommu_group"))?;
+        }
         for class in ["xdma", "edma"] {
             let Ok(entries) = fs::read_dir(app.join(class)) else { continue };
             for entry in entries.filter_map(Result::ok) {
