@@ -32,11 +32,7 @@ fn ids(devices: &[api::Device]) -> Vec<&str> {
 }
 
 fn allocate(client: &api::DevicePluginClient, id: &str) -> grpcio::Result<api::AllocateResponse> {
-    let mut req = api::AllocateRequest::new();
-    let mut c = api::ContainerAllocateRequest::new();
-    c.devices_ids = vec![id.to_string()];
-    req.container_requests.push(c);
-    client.allocate(&req)
+    client.allocate(&common::allocate_request(&[&[id]]))
 }
 
 #[test]

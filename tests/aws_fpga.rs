@@ -5,18 +5,10 @@
 
 mod common;
 
-use common::{summary, Rig, WAIT};
+use common::{allocate_for_one, summary, Rig, WAIT};
 use k8s_accelerator_devplugin::api;
 use k8s_accelerator_devplugin::discovery::aws_fpga::Generation;
 use k8s_accelerator_devplugin::sim::{AwsDriver, AwsSlot};
-
-fn allocate(client: &api::DevicePluginClient, ids: &[&str]) -> api::ContainerAllocateResponse {
-    let mut req = api::AllocateRequest::new();
-    let mut c = api::ContainerAllocateRequest::new();
-    c.devices_ids = ids.iter().map(|s| s.to_string()).collect();
-    req.container_requests.push(c);
-    client.allocate(&req).unwrap().container_responses.remove(0)
-}
 
 /// The container paths of a response's DeviceSpecs.
 fn container_paths(c: &api::ContainerAllocateResponse) -> Vec<&str> {
@@ -39,7 +31,7 @@ fn f2_slots_are_numbered_by_management_pf_with_numa_nodes_and_their_driver_nodes
     assert_eq!(numa, [1, 1, 1, 1, 0, 0, 0, 0].map(Some));
 
     let client = rig.client();
-    let c = allocate(&client, &["5", "0"]);
+    let c = allocate_for_one(&client, &["5", "0"]);
     assert_eq!(c.envs["ACCELERATOR_UNITS"], "5,0");
     assert_eq!(c.envs["ACCELERATOR_PCI_ADDRESSES"], format!("{},{}", slots[5].application, slots[0].application));
     // Every node of each slot's driver (27 for XDMA), slot 5's first: xdma0_* is slot 5's (probe order).
@@ -51,7 +43,7 @@ fn f2_slots_are_numbered_by_management_pf_with_numa_nodes_and_their_driver_nodes
     let dev = rig.node.dev().display().to_string();
     assert!(c.devices.iter().all(|d| d.host_path == format!("{dev}{}", &d.container_path[4..])));
     // A slot without a driver: the variables, no node.
-    let c = allocate(&client, &["3"]);
+    let c = allocate_for_one(&client, &["3"]);
     assert_eq!(c.envs["ACCELERATOR_PCI_ADDRESSES"], slots[3].application);
     assert!(c.devices.is_empty());
 
@@ -75,7 +67,7 @@ fn an_image_load_makes_the_slot_unhealthy_then_brings_it_back_with_its_new_nodes
     rig.wait_list(&[("0", "Healthy"), ("1", "Healthy")]);
     assert_eq!(slots[1].application, "0000:00:11.0");
     let client = rig.client();
-    assert!(container_paths(&allocate(&client, &["1"])).contains(&"/dev/xdma0_user"));
+    assert!(container_paths(&allocate_for_one(&client, &["1"])).contains(&"/dev/xdma0_user"));
 
     // The application PF goes (its nodes with it), and comes back with the image's IDs; the driver
     // probes again and its nodes have another number.
@@ -91,8 +83,8 @@ fn an_image_load_makes_the_slot_unhealthy_then_brings_it_back_with_its_new_nodes
         let paths = container_paths(c);
         paths.len() == 27 && paths.iter().all(|p| p.starts_with("/dev/xdma3_"))
     };
-    let ok = common::wait_until(WAIT, || renamed(&allocate(&client, &["1"])));
-    assert!(ok, "{:?}\n{}", container_paths(&allocate(&client, &["1"])), p.log());
+    let ok = common::wait_until(WAIT, || renamed(&allocate_for_one(&client, &["1"])));
+    assert!(ok, "{:?}\n{}", container_paths(&allocate_for_one(&client, &["1"])), p.log());
 }
 
 #[test]
@@ -117,17 +109,17 @@ fn a_driver_unbound_and_another_bound_changes_what_the_container_gets() {
     let p = rig.plugin(&["--backend", "aws-fpga"]);
     rig.wait_list(&[("0", "Healthy"), ("1", "Healthy")]);
     let client = rig.client();
-    assert_eq!(container_paths(&allocate(&client, &["1"])), ["/dev/dri/renderD128"]);
+    assert_eq!(container_paths(&allocate_for_one(&client, &["1"])), ["/dev/dri/renderD128"]);
 
     // Unbound: the render node goes (inside /dev/dri, which inotify on the dev root does not see); the
     // health pass sees the driver link go.
     rig.node.aws_unbind(&slots[1]).unwrap();
-    let empty = common::wait_until(WAIT, || allocate(&client, &["1"]).devices.is_empty());
-    assert!(empty, "the slot still hands over {:?}", container_paths(&allocate(&client, &["1"])));
+    let empty = common::wait_until(WAIT, || allocate_for_one(&client, &["1"]).devices.is_empty());
+    assert!(empty, "the slot still hands over {:?}", container_paths(&allocate_for_one(&client, &["1"])));
     // The old EDMA driver bound instead.
     rig.node.aws_bind(&slots[1], AwsDriver::Edma(0)).unwrap();
-    let edma = common::wait_until(WAIT, || allocate(&client, &["1"]).devices.len() == 8);
-    let c = allocate(&client, &["1"]);
+    let edma = common::wait_until(WAIT, || allocate_for_one(&client, &["1"]).devices.len() == 8);
+    let c = allocate_for_one(&client, &["1"]);
     assert!(edma, "{:?}", container_paths(&c));
     assert!(container_paths(&c).contains(&"/dev/edma0_queue_3") && container_paths(&c).contains(&"/dev/fpga0_event0"));
 
@@ -137,10 +129,10 @@ fn a_driver_unbound_and_another_bound_changes_what_the_container_gets() {
     rig.node.aws_bind(&slots[1], AwsDriver::Xocl(128)).unwrap();
     let xocl =
         |m: u32| move |c: &api::ContainerAllocateResponse| container_paths(c) == [format!("/dev/dri/renderD{m}")];
-    assert!(common::wait_until(WAIT, || xocl(128)(&allocate(&client, &["1"]))));
+    assert!(common::wait_until(WAIT, || xocl(128)(&allocate_for_one(&client, &["1"]))));
     rig.node.aws_unbind(&slots[1]).unwrap();
     rig.node.aws_bind(&slots[1], AwsDriver::Xocl(129)).unwrap();
-    assert!(common::wait_until(WAIT, || xocl(129)(&allocate(&client, &["1"]))), "{}", p.log());
+    assert!(common::wait_until(WAIT, || xocl(129)(&allocate_for_one(&client, &["1"]))), "{}", p.log());
 }
 
 #[test]
@@ -167,8 +159,8 @@ fn vfio_gives_the_group_node_and_an_unknown_driver_is_reported() {
     let p = rig.plugin(&[]);
     rig.wait_list(&[("0", "Healthy"), ("1", "Healthy")]);
     let client = rig.client();
-    assert_eq!(container_paths(&allocate(&client, &["0"])), ["/dev/vfio/vfio", "/dev/vfio/12"]);
-    assert!(allocate(&client, &["1"]).devices.is_empty());
+    assert_eq!(container_paths(&allocate_for_one(&client, &["0"])), ["/dev/vfio/vfio", "/dev/vfio/12"]);
+    assert!(allocate_for_one(&client, &["1"]).devices.is_empty());
     let reported = "slot 1: driver uio_pci_generic is bound to its application PF 0000:36:00.0, and the plugin \
                     knows no device node of it: pods get none";
     assert!(common::wait_until(WAIT, || p.log().contains(reported)), "{}", p.log());
@@ -195,7 +187,7 @@ fn accel_nbunits_still_means_n_units_and_other_nodes_detect_as_before() {
     let p = rig.plugin(&["-accel-nbunits", "3"]);
     let list = rig.wait_list(&[("0", "Healthy"), ("1", "Healthy"), ("2", "Healthy")]);
     assert!(p.log().contains("backend aws (detected: --accel-nbunits is given)"), "{}", p.log());
-    let c = allocate(&rig.client(), &["2"]);
+    let c = allocate_for_one(&rig.client(), &["2"]);
     assert!(!c.envs.contains_key("ACCELERATOR_PCI_ADDRESSES") && c.devices.is_empty());
     assert!(list.devices.iter().all(|d| d.topology.is_none()));
 
@@ -222,5 +214,5 @@ fn a_management_pf_with_no_place_for_an_application_pf_is_reported_and_numbered(
     let p = rig.plugin(&["--backend", "aws-fpga"]);
     rig.wait_list(&[("1", "Healthy")]);
     assert!(p.log().contains("skipping slot 0: its management PF 0000:30:00.0 has no place for an application PF"));
-    assert_eq!(allocate(&rig.client(), &["1"]).envs["ACCELERATOR_PCI_ADDRESSES"], slots[0].application);
+    assert_eq!(allocate_for_one(&rig.client(), &["1"]).envs["ACCELERATOR_PCI_ADDRESSES"], slots[0].application);
 }

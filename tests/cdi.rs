@@ -336,11 +336,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 }
 
 fn allocate_one(rig: &Rig, id: &str) -> Result<api::AllocateResponse, grpcio::Error> {
-    let mut req = api::AllocateRequest::new();
-    let mut c = api::ContainerAllocateRequest::new();
-    c.devices_ids = vec![id.into()];
-    req.container_requests.push(c);
-    rig.client().allocate(&req)
+    rig.client().allocate(&common::allocate_request(&[&[id]]))
 }
 
 #[test]

@@ -14,8 +14,7 @@
 
 mod common;
 
-use common::{sockets, wait_until, WAIT};
-use k8s_accelerator_devplugin::api;
+use common::{allocate_for_one, sockets, wait_until, WAIT};
 use k8s_accelerator_devplugin::cli::{self, BackendChoice, Command as Cli};
 use k8s_accelerator_devplugin::discovery::aws_fpga::Generation;
 use k8s_accelerator_devplugin::discovery::{self, Backend, Roots};
@@ -333,14 +332,6 @@ impl Host {
     }
 }
 
-fn allocate(client: &api::DevicePluginClient, ids: &[&str]) -> api::ContainerAllocateResponse {
-    let mut req = api::AllocateRequest::new();
-    let mut c = api::ContainerAllocateRequest::new();
-    c.devices_ids = ids.iter().map(|s| s.to_string()).collect();
-    req.container_requests.push(c);
-    client.allocate(&req).expect("Allocate").container_responses.remove(0)
-}
-
 /// The `/proc/<pid>/status` line `key:` of the container's process, as the host sees it.
 fn status_field(pid: u32, key: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -427,7 +418,7 @@ fn run_flavour(flavour: &str) {
     let want_nodes = [("/dev/dfl-port.1", "/dev/dfl-port.1"), ("/dev/intel-fpga-port.0", "/dev/intel-fpga-port.0")];
     if let (true, Some(cdi_dir)) = (intel, &options.cdi_spec_dir) {
         // CDI: names in Allocate, the nodes in the spec that the runtime on the host reads.
-        let c = allocate(&client, &["0000:86:00.0", "0000:5e:00.0"]);
+        let c = allocate_for_one(&client, &["0000:86:00.0", "0000:5e:00.0"]);
         assert_eq!(c.envs["ACCELERATOR_UNITS"], "0000:86:00.0,0000:5e:00.0");
         assert!(c.devices.is_empty(), "no DeviceSpecs with CDI");
         let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
@@ -459,7 +450,7 @@ fn run_flavour(flavour: &str) {
         }
     } else if intel {
         assert_eq!(devices.len(), 2, "both simulated ports in {resource}");
-        let c = allocate(&client, &["0000:86:00.0", "0000:5e:00.0"]);
+        let c = allocate_for_one(&client, &["0000:86:00.0", "0000:5e:00.0"]);
         assert_eq!(c.envs["ACCELERATOR_UNITS"], "0000:86:00.0,0000:5e:00.0");
         let nodes: Vec<(&str, &str)> =
             c.devices.iter().map(|d| (d.container_path.as_str(), d.host_path.as_str())).collect();
@@ -469,7 +460,7 @@ fn run_flavour(flavour: &str) {
         }
     } else if aws_fpga {
         // Slot 1's XDMA nodes, through the manifest's /dev mount; slot 0 has no driver, so no node.
-        let c = allocate(&client, &["1", "0"]);
+        let c = allocate_for_one(&client, &["1", "0"]);
         assert_eq!(c.envs["ACCELERATOR_UNITS"], "1,0");
         assert_eq!(c.envs["ACCELERATOR_PCI_ADDRESSES"], "0000:00:11.0,0000:00:0f.0");
         assert_eq!(c.devices.len(), 27, "{:?}", c.devices);
@@ -478,7 +469,7 @@ fn run_flavour(flavour: &str) {
             check_host_path(&d.host_path);
         }
     } else {
-        let c = allocate(&client, &["3", "1"]);
+        let c = allocate_for_one(&client, &["3", "1"]);
         assert_eq!(c.envs["ACCELERATOR_UNITS"], "3,1");
         assert!(c.devices.is_empty());
     }

@@ -3,21 +3,11 @@
 
 mod common;
 
-use common::{Rig, WAIT};
+use common::{allocate_request, Rig, WAIT};
 use grpcio::{CallOption, RpcStatusCode};
 use k8s_accelerator_devplugin::api;
 use k8s_accelerator_devplugin::sim::{sim_write as write, Fme};
 use std::time::Duration;
-
-fn allocate_request(containers: &[&[&str]]) -> api::AllocateRequest {
-    let mut req = api::AllocateRequest::new();
-    for ids in containers {
-        let mut c = api::ContainerAllocateRequest::new();
-        c.devices_ids = ids.iter().map(|s| s.to_string()).collect();
-        req.container_requests.push(c);
-    }
-    req
-}
 
 fn status_of<T: std::fmt::Debug>(r: grpcio::Result<T>) -> (RpcStatusCode, String) {
     match r {

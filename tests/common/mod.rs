@@ -116,6 +116,27 @@ impl Drop for Plugin {
     }
 }
 
+/// An Allocate request: one container per slice of device IDs.
+#[allow(dead_code)]
+pub fn allocate_request(containers: &[&[&str]]) -> k8s_accelerator_devplugin::api::AllocateRequest {
+    let mut req = k8s_accelerator_devplugin::api::AllocateRequest::new();
+    for ids in containers {
+        let mut c = k8s_accelerator_devplugin::api::ContainerAllocateRequest::new();
+        c.devices_ids = ids.iter().map(|s| s.to_string()).collect();
+        req.container_requests.push(c);
+    }
+    req
+}
+
+/// Allocates `ids` for one container and returns its response.
+#[allow(dead_code)]
+pub fn allocate_for_one(
+    client: &k8s_accelerator_devplugin::api::DevicePluginClient,
+    ids: &[&str],
+) -> k8s_accelerator_devplugin::api::ContainerAllocateResponse {
+    client.allocate(&allocate_request(&[ids])).expect("Allocate").container_responses.remove(0)
+}
+
 /// A test that cannot run here says why and passes, unless `K8S_ACCEL_TEST_STRICT` is set (CI sets it, where
 /// every tool is installed and it runs as root): then it fails.
 #[allow(dead_code)]
