@@ -3,13 +3,15 @@
 //!
 //! Run: cargo build --release && cargo run --release --example bench [-- --bin PATH]
 //! (PATH: another build of the plugin, e.g. the static musl binary from ./build.sh static; --scans: only
-//! the discovery measurements).
+//! the discovery measurements; --idle: only the idle wake-ups, which the full run measures last, over
+//! BENCH_IDLE_SECONDS, 60 by default).
 
 use k8s_accelerator_devplugin::api;
 use k8s_accelerator_devplugin::discovery::{self, Backend, Roots};
 use k8s_accelerator_devplugin::registry::Registry;
 use k8s_accelerator_devplugin::sim::{FakeKubelet, Fme, SimNode, TempDir};
 use protobuf::Message;
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -24,6 +26,9 @@ fn main() -> Res<()> {
     let bin = binary()?;
     machine(&bin)?;
     println!("| measurement | result | goal |\n|---|---|---|");
+    if std::env::args().any(|a| a == "--idle") {
+        return idle(&bin);
+    }
     // --scans: only the in-process discovery measurements.
     if !std::env::args().any(|a| a == "--scans") {
         let one = plugin(&bin)?;
@@ -31,6 +36,9 @@ fn main() -> Res<()> {
         health(&bin)?;
     }
     scans()?;
+    if !std::env::args().any(|a| a == "--scans") {
+        idle(&bin)?;
+    }
     Ok(())
 }
 
@@ -421,6 +429,88 @@ fn aws_fpga_scans() -> Res<()> {
         times.push(t.elapsed());
     }
     row("health pass, 8 AWS FPGA slots (median of 21)", us(median(&mut times)), "");
+    Ok(())
+}
+
+/// Each thread of `pid`: (name, voluntary context switches, CPU ns), by thread ID. A voluntary switch is
+/// the thread going to sleep, so between two readings it counts the wake-ups in between.
+fn per_thread(pid: u32) -> Res<BTreeMap<u32, (String, u64, u64)>> {
+    let mut out = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
+        let name = std::fs::read_to_string(task.path().join("comm"))?.trim().to_string();
+        let status = std::fs::read_to_string(task.path().join("status"))?;
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or("no voluntary_ctxt_switches")?;
+        let stat = std::fs::read_to_string(task.path().join("schedstat"))?;
+        let ns = stat.split_whitespace().next().ok_or("empty schedstat")?.parse()?;
+        out.insert(tid, (name, switches, ns));
+    }
+    Ok(out)
+}
+
+/// Idle wake-ups and CPU, registered with one ListAndWatch stream open, over `BENCH_IDLE_SECONDS` (60 by
+/// default) from 20 s after registering: the AWS flavour (4 units), then Intel with 64 OPAE ports at
+/// default flags. Per thread: wake-ups per second, by thread name.
+fn idle(bin: &PathBuf) -> Res<()> {
+    let seconds: u64 = std::env::var("BENCH_IDLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let node = SimNode::new()?;
+    let intel = SimNode::new()?;
+    for i in 0..64u32 {
+        let address = format!("0000:{:02x}:00.0", i + 1);
+        intel.opae_card(&address, i64::from(i % 2), i, Some(Fme { instance: i, ports_num: 1 }), &[(i, 0)])?;
+    }
+    for (what, on, extra, want, goal) in [
+        ("aws, 4 units", &node, &["--backend", "aws", "--accel-nbunits", "4"][..], 4, "≤ 5 ms CPU, ≤ 0.5 wake-ups/s"),
+        ("intel, 64 ports", &intel, &[][..], 64, "health pass every 1 s, nothing else"),
+    ] {
+        let dir = TempDir::new("bench-kubelet")?;
+        let kubelet = FakeKubelet::start(dir.path())?;
+        let child = spawn_quiet(bin, dir.path(), on, extra)?;
+        let pid = child.0.id();
+        kubelet.wait_registration(1, WAIT).ok_or("no Register")?;
+        kubelet.wait_devices(WAIT, |d| d.len() == want).ok_or("no list")?;
+        std::thread::sleep(Duration::from_secs(20));
+        let before = per_thread(pid)?;
+        std::thread::sleep(Duration::from_secs(seconds));
+        let after = per_thread(pid)?;
+        // A thread inherits the name of the thread that starts it, and gRPC core names none of its own: of
+        // the threads that share a name, the first (lowest ID) is the one we named (or the main thread),
+        // the others are gRPC core's, started from it.
+        let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (tid, (name, switches, ns)) in &after {
+            let (s0, n0) = before.get(tid).map_or((0, 0), |(_, s, n)| (*s, *n));
+            let label = if *tid == pid {
+                "main (event loop)".to_string()
+            } else if seen.insert(name.clone()) && name != "k8s-accelerator" {
+                name.clone()
+            } else {
+                format!("gRPC core (started from {name})")
+            };
+            seen.insert(name.clone());
+            let entry = by_name.entry(label).or_default();
+            entry.0 += switches - s0;
+            entry.1 += ns - n0;
+        }
+        let (wakeups, ns): (u64, u64) = by_name.values().fold((0, 0), |(w, n), (a, b)| (w + a, n + b));
+        row(
+            &format!("idle {seconds} s, {what}: CPU, wake-ups per second (all {} threads)", after.len()),
+            format!("{:.1} ms, {:.2}/s", ns as f64 / 1e6, wakeups as f64 / seconds as f64),
+            goal,
+        );
+        let per: Vec<String> = by_name
+            .iter()
+            .filter(|(_, (w, _))| *w > 0)
+            .map(|(name, (w, n))| format!("{name} {:.2}/s ({:.1} ms)", *w as f64 / seconds as f64, *n as f64 / 1e6))
+            .collect();
+        row(&format!("idle, {what}: wake-ups per thread name"), per.join(", "), "");
+        drop(child);
+    }
     Ok(())
 }
 

@@ -239,6 +239,13 @@ impl SpecFile {
         self.state().owned
     }
 
+    /// Whether the file, ours to write, is not what the devices call for yet (its last write failed): the
+    /// daemon then checks it every 5 s rather than every minute.
+    pub fn pending(&self) -> bool {
+        let state = self.state();
+        state.owned && (state.error.is_some() || state.written.as_ref().map(|(w, _)| w) != state.wanted.as_ref())
+    }
+
     /// Ok when the file describes the devices as they are advertised; Err says why not (for Allocate's
     /// UNAVAILABLE status). One `stat`: a file removed or changed on disk since it was written is written
     /// again first (the runtime reads the file, not our memory of it).

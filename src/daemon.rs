@@ -108,10 +108,16 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
 }
 
 /// How often the event loop checks what inotify may have missed (our socket and `kubelet.sock`, through the
-/// registration thread; the two watches; the CDI spec files, and stale ones), and rediscovers after a full
-/// discovery that reported a problem (a port half-created when it was scanned heals within this long). At
-/// most `--scan-interval`.
+/// registration thread; the two watches; the CDI spec files, and stale ones) while something is pending: a
+/// watch not in place, a full discovery to repeat (a port half-created when it was scanned heals within
+/// this long), a CDI spec file not written, stale spec files left. At most `--scan-interval`.
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The same check when nothing is pending. It is a backstop, not a path events take: inotify reports
+/// `kubelet.sock` created and our socket deleted as they happen, a dropped event (`IN_Q_OVERFLOW`) starts
+/// a check at once, and a watch lost (`IN_IGNORED`) makes the next check come within `CHECK_INTERVAL`. A
+/// minute keeps an idle plugin from waking for nothing (AWS units: it never wakes otherwise).
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a burst of device-node events may go on before the discovery it starts: it runs once the dev
 /// root has been quiet for `quiet`, and at the latest `longest` after the burst's first event.
@@ -173,6 +179,11 @@ impl Watch {
 }
 
 impl Watches {
+    /// Whether a directory we follow is not watched (yet).
+    fn missing(&self, settings: &Settings) -> bool {
+        self.plugins.wd.is_none() || (settings.backend.is_dynamic() && self.dev.wd.is_none())
+    }
+
     fn ensure(&mut self, inotify: &Inotify, settings: &Settings) {
         self.plugins.ensure(inotify, &settings.device_plugin_path);
         if settings.backend.is_dynamic() {
@@ -191,8 +202,7 @@ fn event_loop(
 ) -> Result<(), Error> {
     watches.ensure(inotify, settings);
     let mut next_tick = Instant::now() + settings.scan_interval;
-    let check_interval = CHECK_INTERVAL.min(settings.scan_interval);
-    let mut next_check = Instant::now() + check_interval;
+    let mut last_check = Instant::now();
     // Intel ports and AWS slots have health to read between scans; AWS units never change.
     let health_passes = settings.backend.is_dynamic();
     let mut next_health = Instant::now() + settings.health_interval;
@@ -200,7 +210,12 @@ fn event_loop(
     let mut nodes_changed: Option<(Instant, Instant)> = None;
     let settle = node_settle(settings.backend);
     loop {
-        let mut deadline = next_tick.min(next_check);
+        // Every 5 s while something is pending, else every minute; never longer than a full discovery.
+        let pending = watches.missing(settings) || scanner.retry || scanner.cdi_pending();
+        let check_interval = if pending { CHECK_INTERVAL } else { IDLE_CHECK_INTERVAL }.min(settings.scan_interval);
+        let next_check = last_check + check_interval;
+        // AWS units never change: no full discovery to wait for.
+        let mut deadline = if settings.backend.is_dynamic() { next_tick.min(next_check) } else { next_check };
         if health_passes {
             deadline = deadline.min(next_health);
         }
@@ -277,7 +292,7 @@ fn event_loop(
             rescan |= settings.backend.is_dynamic();
         }
         if Instant::now() >= next_check {
-            next_check = Instant::now() + check_interval;
+            last_check = Instant::now();
             watches.ensure(inotify, settings);
             let _ = events.send(Event::Tick);
             scanner.check_cdi_specs();
@@ -516,6 +531,11 @@ impl Scanner {
 impl Scanner {
     /// Rewrites a spec file removed or changed by someone else, retries one that could not be written, and
     /// looks for stale ones (see `cdi::SpecFile`).
+    /// Whether a CDI spec file or a stale one needs another look soon (see `CHECK_INTERVAL`).
+    fn cdi_pending(&self) -> bool {
+        self.cdi_stale_left || !self.cdi_stale_failing.is_empty() || self.cdi_files.values().any(|f| f.pending())
+    }
+
     fn check_cdi_specs(&mut self) {
         for spec in self.cdi_files.values() {
             spec.check();
