@@ -114,8 +114,8 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The same check when nothing is pending. It is a backstop, not a path events take: inotify reports
-/// `kubelet.sock` created and our socket deleted as they happen, a dropped event (`IN_Q_OVERFLOW`) starts
-/// a check at once, and a watch lost (`IN_IGNORED`) makes the next check come within `CHECK_INTERVAL`. A
+/// `kubelet.sock` created and our socket deleted as they happen, a dropped event (`IN_Q_OVERFLOW`) makes
+/// the registration thread check at once and starts a full discovery, and a watch lost (`IN_IGNORED`) makes the next check come within `CHECK_INTERVAL`. A
 /// minute keeps an idle plugin from waking for nothing (AWS units: it never wakes otherwise).
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -212,7 +212,10 @@ fn event_loop(
     loop {
         // Every 5 s while something is pending, else every minute; never longer than a full discovery.
         let pending = watches.missing(settings) || scanner.retry || scanner.cdi_pending();
-        let check_interval = if pending { CHECK_INTERVAL } else { IDLE_CHECK_INTERVAL }.min(settings.scan_interval);
+        let mut check_interval = if pending { CHECK_INTERVAL } else { IDLE_CHECK_INTERVAL };
+        if settings.backend.is_dynamic() {
+            check_interval = check_interval.min(settings.scan_interval);
+        }
         let next_check = last_check + check_interval;
         // AWS units never change: no full discovery to wait for.
         let mut deadline = if settings.backend.is_dynamic() { next_tick.min(next_check) } else { next_check };
@@ -302,8 +305,14 @@ fn event_loop(
             rescan |= settings.backend.is_dynamic() && scanner.retry;
         }
         if rescan {
+            let retrying = scanner.retry;
             scanner.scan();
             next_health = Instant::now() + settings.health_interval;
+            // Something newly found half-made gets a whole check interval to finish before it is looked
+            // at again.
+            if scanner.retry && !retrying {
+                last_check = Instant::now();
+            }
         } else if health_passes && Instant::now() >= next_health {
             next_health = Instant::now() + settings.health_interval;
             if !scanner.health_pass() {
@@ -529,13 +538,13 @@ impl Scanner {
 }
 
 impl Scanner {
-    /// Rewrites a spec file removed or changed by someone else, retries one that could not be written, and
-    /// looks for stale ones (see `cdi::SpecFile`).
     /// Whether a CDI spec file or a stale one needs another look soon (see `CHECK_INTERVAL`).
     fn cdi_pending(&self) -> bool {
         self.cdi_stale_left || !self.cdi_stale_failing.is_empty() || self.cdi_files.values().any(|f| f.pending())
     }
 
+    /// Rewrites a spec file removed or changed by someone else, retries one that could not be written, and
+    /// looks for stale ones (see `cdi::SpecFile`).
     fn check_cdi_specs(&mut self) {
         for spec in self.cdi_files.values() {
             spec.check();

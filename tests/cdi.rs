@@ -345,7 +345,8 @@ fn allocate_waits_for_a_spec_that_can_be_written_and_a_spec_tampered_with_is_rew
     rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
     let cdi = TempDir::new("cdi").unwrap();
     let missing = cdi.path().join("not-yet");
-    let p = rig.plugin(&["--cdi-spec-dir", missing.to_str().unwrap()]);
+    // Full discoveries every 2 s: the check that repairs a spec comes with them when nothing is pending.
+    let p = rig.plugin(&["--cdi-spec-dir", missing.to_str().unwrap(), "--scan-interval", "2s"]);
     rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
     // The directory is missing: no spec, so Allocate names no CDI device the runtime could not resolve.
     match allocate_one(&rig, "0000:5e:00.0") {
@@ -389,7 +390,7 @@ fn allocate_waits_for_a_spec_that_can_be_written_and_a_spec_tampered_with_is_rew
     assert_eq!(resp.container_responses[0].cdi_devices.len(), 1);
     assert_eq!(std::fs::read_to_string(&spec).unwrap(), good, "rewritten by the Allocate itself");
 
-    // Removed with no signal: the 5 s check puts it back.
+    // Removed with no signal: the next check (here every 2 s, with the discoveries) puts it back.
     std::fs::remove_file(&spec).unwrap();
     assert!(common::wait_until(Duration::from_secs(8), || spec.exists()), "{}", p.log());
 }
