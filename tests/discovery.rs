@@ -313,3 +313,18 @@ fn aws_slots_are_numbered_in_pci_address_order_not_name_order() {
         scan.problems
     );
 }
+
+#[test]
+fn only_what_may_heal_asks_for_another_discovery_soon() {
+    let node = SimNode::new().unwrap();
+    let ports =
+        node.dfl_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 2 }), &[(0, 0), (1, 1)]).unwrap();
+    // A malformed numa_node is reported, and no discovery soon will change it.
+    let function = node.sysfs().join("devices/pci0000:00/0000:00:01.0/0000:5e:00.0");
+    write(&function.join("numa_node"), "north\n").unwrap();
+    let permanent = scan(&node);
+    assert!(!permanent.problems.is_empty() && !permanent.retry, "{:?}", permanent.problems);
+    // A port whose `id` is not written yet may be in the making.
+    fs::remove_file(ports[1].join("id")).unwrap();
+    assert!(scan(&node).retry);
+}

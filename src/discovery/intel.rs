@@ -220,12 +220,13 @@ pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
     {
         if !root.is_dir() {
             scan.problems.push(format!("{} does not exist: {consequence}", root.display()));
+            scan.retry = true;
         }
     }
     let mut functions: BTreeMap<PciAddress, Function> = BTreeMap::new();
     let mut seen = HashSet::new();
     for layout in [&OPAE, &DFL] {
-        collect(sys, layout, &mut functions, &mut seen, cache, &mut scan.problems);
+        collect(sys, layout, &mut functions, &mut seen, cache, &mut scan.problems, &mut scan.retry);
     }
     for (address, function) in functions {
         let multi = function.ports.len() > 1 || function.fme_ports.is_some_and(|n| n > 1);
@@ -240,6 +241,7 @@ pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
                             "skipping {}: its function {address} hosts several ports and its `id` is unreadable",
                             port.dir.display()
                         ));
+                        scan.retry = true;
                         continue;
                     }
                 }
@@ -277,9 +279,6 @@ pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
         }
     }
     cache.end_scan();
-    // Whatever was skipped may be half-created (a port whose `id` is not written yet, a class link made
-    // before its target): looked at again at the next check.
-    scan.retry = !scan.problems.is_empty();
     scan
 }
 
@@ -291,6 +290,7 @@ fn collect(
     seen: &mut HashSet<PathBuf>,
     cache: &mut Cache,
     problems: &mut Vec<String>,
+    retry: &mut bool,
 ) {
     let class_dir = sys.join(layout.class_dir);
     for entry in entries_with_prefix(&class_dir, layout.entry_prefix, problems) {
@@ -298,6 +298,7 @@ fn collect(
             Ok(real) => real,
             Err(e) => {
                 problems.push(format!("skipping {}: cannot resolve it: {e}", entry.display()));
+                *retry = true;
                 continue;
             }
         };
@@ -310,6 +311,7 @@ fn collect(
             Ok(children) => children,
             Err(e) => {
                 problems.push(format!("skipping {}: it points to {}: {e}", entry.display(), real.display()));
+                *retry = true;
                 continue;
             }
         };

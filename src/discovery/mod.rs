@@ -73,8 +73,10 @@ pub struct Scan {
     pub ports: Vec<intel::PortPaths>,
     /// What a health pass looks at for each AWS FPGA slot until the next full discovery.
     pub slots: Vec<aws_fpga::SlotPaths>,
-    /// Whether something found may heal by itself soon (an Intel port half-created, an AWS slot's driver
-    /// still making its nodes): the daemon then discovers again at its next 5 s check.
+    /// Whether something found may heal by itself soon (a root not mounted yet, an Intel port half-created:
+    /// its `id` not written yet, a class link made before its target; an AWS slot's driver still making
+    /// its nodes): the daemon then discovers again at its next 5 s check. A problem that cannot heal by
+    /// itself (a duplicate ID, a malformed `numa_node`) waits for the next full discovery.
     pub retry: bool,
 }
 
