@@ -384,10 +384,20 @@ impl Endpoint {
                 return self.schedule_restart("our socket is gone", Condition::Always);
             }
         }
-        if let (Some(registered), Some(now)) = (self.registered_with, file_id(&Self::kubelet_socket(ctx))) {
+        let kubelet = file_id(&Self::kubelet_socket(ctx));
+        if let (Some(registered), Some(now)) = (self.registered_with, kubelet) {
             if now != registered {
                 self.schedule_restart("kubelet.sock was replaced: the kubelet restarted", Condition::Always);
             }
+        }
+        // The kubelet went away and was forgotten (see `settled`), and nothing is under way to register
+        // again: a kubelet.sock there now is a new kubelet whose creation inotify did not report.
+        let idle = self.pending.is_none() && self.retry_at.is_none() && self.restart_at.is_none();
+        if self.server.is_some() && self.registered_with.is_none() && idle && kubelet.is_some() {
+            self.schedule_restart(
+                "kubelet.sock is there and we are not registered: the kubelet restarted",
+                Condition::KubeletNotDialed,
+            );
         }
     }
 

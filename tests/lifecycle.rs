@@ -308,3 +308,31 @@ fn a_missed_directory_event_is_caught_by_the_periodic_check() {
         assert!(!log.contains("kubelet.sock was created"), "seen through inotify after all:\n{log}");
     }
 }
+
+#[test]
+fn a_kubelet_back_without_an_event_after_one_went_away_is_registered_with() {
+    // The kubelet goes away (its socket removed: the plugin forgets it and waits for a new one). The
+    // directory is then swapped for one with our lock and socket in it (hard links) and a new kubelet:
+    // its kubelet.sock raises no event the plugin sees, and our files look as they were; only the check
+    // can see that a kubelet is there and we are not registered with it.
+    let node = SimNode::new().unwrap();
+    let parent = TempDir::new("kubelet").unwrap();
+    let dir = parent.path().join("dp");
+    let mut old_kubelet = FakeKubelet::start(&dir).unwrap();
+    let p = aws_plugin(&dir, &node, &[]);
+    assert!(p.wait_log("registered b-com.com/accelerator", WAIT), "{}", p.log());
+    old_kubelet.stop();
+    assert!(p.wait_log("is gone: registering again when it is back", WAIT), "{}", p.log());
+    let new = parent.path().join("new");
+    std::fs::create_dir_all(new.join("k8s-accel-locks")).unwrap();
+    for link in ["k8s-accel-locks/k8s-accel-b-com.com_accelerator.lock", "k8s-accel-b-com.com_accelerator.sock"] {
+        std::fs::hard_link(dir.join(link), new.join(link)).unwrap();
+    }
+    std::fs::rename(&dir, parent.path().join("old")).unwrap();
+    std::fs::rename(&new, &dir).unwrap();
+    let kubelet = FakeKubelet::start(&dir).unwrap();
+    kubelet.wait_registration(1, WAIT).unwrap_or_else(|| panic!("not registered\n{}", p.log()));
+    let log = p.log();
+    assert!(log.contains("kubelet.sock is there and we are not registered"), "{log}");
+    assert!(!log.contains("kubelet.sock was created"), "seen through inotify after all:\n{log}");
+}
