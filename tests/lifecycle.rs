@@ -6,6 +6,7 @@ mod common;
 use common::{command, sockets, wait_until, Plugin, Rig, WAIT};
 use k8s_accelerator_devplugin::sim::{Behavior, FakeKubelet, SimNode, TempDir};
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SOCKET: &str = "k8s-accel-b-com.com_accelerator.sock";
@@ -294,19 +295,26 @@ fn a_missed_directory_event_is_caught_by_the_periodic_check() {
         let _old_kubelet = FakeKubelet::start(&dir).unwrap();
         let p = aws_plugin(&dir, &node, &["--scan-interval", "1s"]);
         assert!(p.wait_log("registered b-com.com/accelerator", WAIT), "{}", p.log());
-        let new = parent.path().join("new");
-        std::fs::create_dir_all(new.join("k8s-accel-locks")).unwrap();
-        for link in links {
-            std::fs::hard_link(dir.join(link), new.join(link)).unwrap();
-        }
-        std::fs::rename(&dir, parent.path().join("old")).unwrap();
-        std::fs::rename(&new, &dir).unwrap();
-        let kubelet = FakeKubelet::start(&dir).unwrap();
-        kubelet.wait_registration(1, WAIT).unwrap_or_else(|| panic!("{finding}: not registered\n{}", p.log()));
-        let log = p.log();
-        assert!(log.contains(finding), "{finding}:\n{log}");
-        assert!(!log.contains("kubelet.sock was created"), "seen through inotify after all:\n{log}");
+        swap_in_a_new_directory_with_a_new_kubelet(parent.path(), links, &p, finding);
     }
+}
+
+/// Swaps the device-plugins directory `<parent>/dp` for a new one holding hard links to `links` of the old
+/// one and a new kubelet, which raises no event the plugin's watch sees; waits for the plugin to register
+/// with that kubelet, which only its periodic check can have found (the log says `finding`).
+fn swap_in_a_new_directory_with_a_new_kubelet(parent: &Path, links: &[&str], p: &Plugin, finding: &str) {
+    let (dir, new) = (parent.join("dp"), parent.join("new"));
+    std::fs::create_dir_all(new.join("k8s-accel-locks")).unwrap();
+    for link in links {
+        std::fs::hard_link(dir.join(link), new.join(link)).unwrap();
+    }
+    std::fs::rename(&dir, parent.join("old")).unwrap();
+    std::fs::rename(&new, &dir).unwrap();
+    let kubelet = FakeKubelet::start(&dir).unwrap();
+    kubelet.wait_registration(1, WAIT).unwrap_or_else(|| panic!("{finding}: not registered\n{}", p.log()));
+    let log = p.log();
+    assert!(log.contains(finding), "{finding}:\n{log}");
+    assert!(!log.contains("kubelet.sock was created"), "seen through inotify after all:\n{log}");
 }
 
 #[test]
@@ -323,16 +331,11 @@ fn a_kubelet_back_without_an_event_after_one_went_away_is_registered_with() {
     assert!(p.wait_log("registered b-com.com/accelerator", WAIT), "{}", p.log());
     old_kubelet.stop();
     assert!(p.wait_log("is gone: registering again when it is back", WAIT), "{}", p.log());
-    let new = parent.path().join("new");
-    std::fs::create_dir_all(new.join("k8s-accel-locks")).unwrap();
-    for link in ["k8s-accel-locks/k8s-accel-b-com.com_accelerator.lock", "k8s-accel-b-com.com_accelerator.sock"] {
-        std::fs::hard_link(dir.join(link), new.join(link)).unwrap();
-    }
-    std::fs::rename(&dir, parent.path().join("old")).unwrap();
-    std::fs::rename(&new, &dir).unwrap();
-    let kubelet = FakeKubelet::start(&dir).unwrap();
-    kubelet.wait_registration(1, WAIT).unwrap_or_else(|| panic!("not registered\n{}", p.log()));
-    let log = p.log();
-    assert!(log.contains("kubelet.sock is there and we are not registered"), "{log}");
-    assert!(!log.contains("kubelet.sock was created"), "seen through inotify after all:\n{log}");
+    let links = ["k8s-accel-locks/k8s-accel-b-com.com_accelerator.lock", "k8s-accel-b-com.com_accelerator.sock"];
+    swap_in_a_new_directory_with_a_new_kubelet(
+        parent.path(),
+        &links,
+        &p,
+        "kubelet.sock is there and we are not registered",
+    );
 }
