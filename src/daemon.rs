@@ -31,7 +31,8 @@ pub struct Settings {
     pub roots: Roots,
     /// `--scan-interval`: the period of full discovery (besides device-node events and SIGHUP).
     pub scan_interval: Duration,
-    /// `--health-interval`: the period of the health pass over the ports the last discovery found (Intel).
+    /// `--health-interval`: the period of the health pass over the Intel ports and AWS slots the last
+    /// discovery found.
     pub health_interval: Duration,
 }
 
@@ -115,8 +116,9 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The same check when nothing is pending. It is a backstop, not a path events take: inotify reports
 /// `kubelet.sock` created and our socket deleted as they happen, a dropped event (`IN_Q_OVERFLOW`) makes
-/// the registration thread check at once and starts a full discovery, and a watch lost (`IN_IGNORED`) makes the next check come within `CHECK_INTERVAL`. A
-/// minute keeps an idle plugin from waking for nothing (AWS units: it never wakes otherwise).
+/// the registration thread check at once and starts a full discovery, and a watch lost (`IN_IGNORED`)
+/// makes the next check come within `CHECK_INTERVAL`. A minute keeps an idle plugin from waking for
+/// nothing (AWS units: it never wakes otherwise).
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a burst of device-node events may go on before the discovery it starts: it runs once the dev
@@ -206,7 +208,7 @@ fn event_loop(
     // Intel ports and AWS slots have health to read between scans; AWS units never change.
     let health_passes = settings.backend.is_dynamic();
     let mut next_health = Instant::now() + settings.health_interval;
-    // Device-node events not acted on yet: (first, last) of the burst (see `NODE_SETTLE`).
+    // Device-node events not acted on yet: (first, last) of the burst (see `Settle`).
     let mut nodes_changed: Option<(Instant, Instant)> = None;
     let settle = node_settle(settings.backend);
     loop {

@@ -103,16 +103,15 @@ fn management_pfs(sys: &Path, problems: &mut Vec<String>) -> Vec<(PciAddress, Ge
         };
         let mut id = |name: &str| -> Option<u16> {
             let path = entry.join(name);
-            let text =
-                sysfs::read_attr(&path).map_err(|e| problems.push(format!("cannot read {}: {e}", path.display())));
-            let id = text.ok().map(|t| (sysfs::parse_pci_id(&t), t));
-            match id {
-                Some((None, text)) => {
-                    problems.push(format!("ignoring {}: not a PCI ID: {:?}", path.display(), text.trim()));
-                    None
-                }
-                other => other.and_then(|(id, _)| id),
-            }
+            let problem = match sysfs::read_attr(&path) {
+                Ok(text) => match sysfs::parse_pci_id(&text) {
+                    Some(id) => return Some(id),
+                    None => format!("ignoring {}: not a PCI ID: {:?}", path.display(), text.trim()),
+                },
+                Err(e) => format!("cannot read {}: {e}", path.display()),
+            };
+            problems.push(problem);
+            None
         };
         // Most functions are not ours: their `device` is not even read.
         if id("vendor") != Some(AWS_VENDOR) {
