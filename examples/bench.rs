@@ -468,7 +468,7 @@ fn idle(bin: &PathBuf) -> Res<()> {
     }
     for (what, on, extra, want, goal) in [
         ("aws, 4 units", &node, &["--backend", "aws", "--accel-nbunits", "4"][..], 4, "≤ 5 ms CPU, ≤ 0.5 wake-ups/s"),
-        ("intel, 64 ports", &intel, &[][..], 64, "the health pass (1/s), discovery (1/30 s), check (1/min)"),
+        ("intel, 64 ports", &intel, &[][..], 64, "the health pass (1/s), which discovery and check join"),
     ] {
         let dir = TempDir::new("bench-kubelet")?;
         let kubelet = FakeKubelet::start(dir.path())?;

@@ -165,7 +165,6 @@ fn file_id(path: &Path) -> Option<FileId> {
 /// registration thread (which knows when the socket is ours: [`SpecFile::own`])
 /// and the server (Allocate: [`SpecFile::ready`]). Writes happen under its lock, so two threads never write
 /// the same file at once.
-#[derive(Debug)]
 pub struct SpecFile {
     resource: String,
     /// The socket whose owner writes the file, the directory and the file's name in it.
@@ -174,6 +173,16 @@ pub struct SpecFile {
     name: String,
     path: PathBuf,
     state: Mutex<State>,
+    /// Called when a write fails for a new reason, on whichever thread wrote: the daemon then retries it
+    /// soon (see [`SpecFile::pending`]), even when the failure came from the registration thread or an
+    /// Allocate while its event loop was idle.
+    on_failure: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for SpecFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpecFile").field("path", &self.path).field("state", &self.state).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -189,8 +198,13 @@ struct State {
 }
 
 impl SpecFile {
-    /// The spec file of `resource` in `dir`, named after its socket (`file_name`).
-    pub fn new(dir: &Path, socket_name: &str, resource: &str) -> SpecFile {
+    /// The spec file of `resource` in `dir`, named after its socket (`file_name`); `on_failure`: see the field.
+    pub fn new(
+        dir: &Path,
+        socket_name: &str,
+        resource: &str,
+        on_failure: impl Fn() + Send + Sync + 'static,
+    ) -> SpecFile {
         let name = file_name(socket_name);
         SpecFile {
             resource: resource.into(),
@@ -199,6 +213,7 @@ impl SpecFile {
             path: dir.join(&name),
             name,
             state: Mutex::default(),
+            on_failure: Box::new(on_failure),
         }
     }
 
@@ -240,7 +255,7 @@ impl SpecFile {
     }
 
     /// Whether the file, ours to write, is not what the devices call for yet (its last write failed): the
-    /// daemon then checks it every 5 s rather than every minute.
+    /// daemon then checks it sooner than when idle (see `CheckSchedule` in `daemon`).
     pub fn pending(&self) -> bool {
         let state = self.state();
         state.owned && (state.error.is_some() || state.written.as_ref().map(|(w, _)| w) != state.wanted.as_ref())
@@ -298,15 +313,19 @@ impl SpecFile {
             }
             Err(e) => {
                 let e = e.to_string();
-                if state.error.as_ref() != Some(&e) {
+                let new = state.error.as_ref() != Some(&e);
+                if new {
                     log::warn!(
-                        "cannot write the CDI spec of {} in {}: {e}; Allocate fails until it can (retried every \
-                         5 s)",
+                        "cannot write the CDI spec of {} in {}: {e}; Allocate fails until it can (retried after \
+                         5 s, then less often, at least once a minute)",
                         self.resource,
                         dir.display()
                     );
                 }
                 state.error = Some(e);
+                if new {
+                    (self.on_failure)();
+                }
             }
         }
     }

@@ -1,5 +1,5 @@
-//! How the daemon is told to stop or to rescan: flags set by signal handlers (or by an embedding program),
-//! plus a self-pipe that wakes the daemon's event loop.
+//! How the daemon is told to stop, to rescan or to check again soon: flags set by signal handlers, by an
+//! embedding program or by the daemon's other threads, plus a self-pipe that wakes the daemon's event loop.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -11,6 +11,8 @@ use std::sync::Arc;
 pub struct Control {
     wake: UnixStream,
     flags: Arc<Flags>,
+    /// For the daemon's own threads (see [`Control::handle`]).
+    handle: Handle,
 }
 
 /// The end that asks; cheap to clone, usable from any thread.
@@ -24,6 +26,7 @@ pub struct Handle {
 struct Flags {
     stop: Arc<AtomicBool>,
     rescan: Arc<AtomicBool>,
+    check: AtomicBool,
 }
 
 /// What the daemon was asked since it last looked.
@@ -31,6 +34,8 @@ struct Flags {
 pub struct Requests {
     pub stop: bool,
     pub rescan: bool,
+    /// Something may need the daemon's fallback check soon (a CDI spec write failed on another thread).
+    pub check: bool,
 }
 
 pub fn new() -> std::io::Result<(Control, Handle)> {
@@ -38,7 +43,8 @@ pub fn new() -> std::io::Result<(Control, Handle)> {
     read.set_nonblocking(true)?;
     write.set_nonblocking(true)?;
     let flags = Arc::new(Flags::default());
-    Ok((Control { wake: read, flags: Arc::clone(&flags) }, Handle { wake: Arc::new(write), flags }))
+    let handle = Handle { wake: Arc::new(write), flags: Arc::clone(&flags) };
+    Ok((Control { wake: read, flags, handle: handle.clone() }, handle))
 }
 
 impl Handle {
@@ -49,6 +55,13 @@ impl Handle {
 
     pub fn rescan(&self) {
         self.flags.rescan.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Something failed that the daemon's fallback check retries: it comes again soon (5 s) rather than at
+    /// its idle pace (a minute).
+    pub fn check(&self) {
+        self.flags.check.store(true, Ordering::SeqCst);
         self.wake();
     }
 
@@ -75,7 +88,13 @@ impl Control {
         Requests {
             stop: self.flags.stop.swap(false, Ordering::SeqCst),
             rescan: self.flags.rescan.swap(false, Ordering::SeqCst),
+            check: self.flags.check.swap(false, Ordering::SeqCst),
         }
+    }
+
+    /// A handle for the daemon's own threads, to ask for a check.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
     }
 }
 

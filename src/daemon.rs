@@ -78,6 +78,7 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
         placed: HashMap::new(),
         reported: HashSet::new(),
         events: None,
+        wake: control.handle(),
         cdi_dir: settings.cdi_spec_dir.clone(),
         cdi_files: BTreeMap::new(),
         cdi_stale_left: settings.cdi_spec_dir.is_some(),
@@ -108,10 +109,11 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
     result
 }
 
-/// How often the event loop checks what inotify may have missed (our socket and `kubelet.sock`, through the
-/// registration thread; the two watches; the CDI spec files, and stale ones) while something is pending: a
+/// How soon the event loop checks what inotify may have missed (our socket and `kubelet.sock`, through the
+/// registration thread; the two watches; the CDI spec files, and stale ones) once something is pending: a
 /// watch not in place, a full discovery to repeat (a port half-created when it was scanned heals within
-/// this long), a CDI spec file not written, stale spec files left. At most `--scan-interval`.
+/// this long), a CDI spec file not written, stale spec files left. At most `--scan-interval`. A condition
+/// that lasts is looked at less and less often (see `CheckSchedule`).
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The same check when nothing is pending. It is a backstop, not a path events take: inotify reports
@@ -120,6 +122,81 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// makes the next check come within `CHECK_INTERVAL`. A minute keeps an idle plugin from waking for
 /// nothing (AWS units: it never wakes otherwise).
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What makes the fallback check come sooner than every minute.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Pending {
+    /// A directory we follow is not watched (yet): the device-plugins directory before the kubelet makes it.
+    watch: bool,
+    /// A full discovery to repeat (`discovery::Scan::retry`).
+    discovery: bool,
+    /// A CDI spec file to write, or stale ones to remove.
+    cdi: bool,
+}
+
+impl Pending {
+    fn of(watches: &Watches, settings: &Settings, scanner: &Scanner) -> Pending {
+        Pending { watch: watches.missing(settings), discovery: scanner.retry, cdi: scanner.cdi_pending() }
+    }
+
+    fn any(&self) -> bool {
+        self.watch || self.discovery || self.cdi
+    }
+
+    /// What is pending, for the debug line that says when it changes.
+    fn names(&self) -> Vec<&'static str> {
+        let all = [
+            (self.watch, "a directory to watch"),
+            (self.discovery, "a discovery to repeat"),
+            (self.cdi, "a CDI spec file to write or stale ones to remove"),
+        ];
+        all.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect()
+    }
+}
+
+/// When the fallback check comes: `CHECK_INTERVAL` after something becomes pending, then twice as long after
+/// each check that finds it still pending, up to `IDLE_CHECK_INTERVAL` (5, 10, 20, 40, then every 60 s).
+/// A condition that heals in seconds (a port half-created, a DMA driver still probing) is seen within 5 s;
+/// one that lasts (a CDI directory left read-only, an AWS slot whose driver never makes nodes, a stale spec
+/// that another deployment keeps) costs a look a minute, as an idle plugin does. Something newly pending
+/// starts again from 5 s. A directory not watched is looked for every 5 s for as long as it is missing: it
+/// costs one `inotify_add_watch`, and the device-plugins directory appears when a kubelet starts, which the
+/// plugin must not be a minute late for.
+struct CheckSchedule {
+    /// When the last check ran, or when something newly pending started the schedule again.
+    last: Instant,
+    /// How many checks in a row found something still pending.
+    lasting: u32,
+}
+
+impl CheckSchedule {
+    fn new(now: Instant) -> CheckSchedule {
+        CheckSchedule { last: now, lasting: 0 }
+    }
+
+    /// When the next check comes; `cap`: at the latest this long after the last one.
+    fn next(&self, pending: &Pending, cap: Duration) -> Instant {
+        let interval = if pending.any() {
+            // 5 s × 2^lasting, written so that it cannot overflow: the shift stops at 16 × 5 s.
+            CHECK_INTERVAL.saturating_mul(1 << self.lasting.min(4)).min(IDLE_CHECK_INTERVAL)
+        } else {
+            IDLE_CHECK_INTERVAL
+        };
+        self.last + interval.min(cap)
+    }
+
+    /// A check ran at `now`; `pending`: what is still pending after it.
+    fn checked(&mut self, now: Instant, pending: &Pending) {
+        self.last = now;
+        self.lasting = if pending.any() && !pending.watch { self.lasting.saturating_add(1) } else { 0 };
+    }
+
+    /// Something newly pending at `now`: the next check comes `CHECK_INTERVAL` from now.
+    fn restart(&mut self, now: Instant) {
+        self.last = now;
+        self.lasting = 0;
+    }
+}
 
 /// How long a burst of device-node events may go on before the discovery it starts: it runs once the dev
 /// root has been quiet for `quiet`, and at the latest `longest` after the burst's first event.
@@ -204,7 +281,10 @@ fn event_loop(
 ) -> Result<(), Error> {
     watches.ensure(inotify, settings);
     let mut next_tick = Instant::now() + settings.scan_interval;
-    let mut last_check = Instant::now();
+    let mut schedule = CheckSchedule::new(Instant::now());
+    // The check is never later than a full discovery would be; AWS units have none.
+    let check_cap = if settings.backend.is_dynamic() { settings.scan_interval } else { IDLE_CHECK_INTERVAL };
+    let mut was_pending = Pending::default();
     // Intel ports and AWS slots have health to read between scans; AWS units never change.
     let health_passes = settings.backend.is_dynamic();
     let mut next_health = Instant::now() + settings.health_interval;
@@ -212,16 +292,26 @@ fn event_loop(
     let mut nodes_changed: Option<(Instant, Instant)> = None;
     let settle = node_settle(settings.backend);
     loop {
-        // Every 5 s while something is pending, else every minute; never longer than a full discovery.
-        let pending = watches.missing(settings) || scanner.retry || scanner.cdi_pending();
-        let mut check_interval = if pending { CHECK_INTERVAL } else { IDLE_CHECK_INTERVAL };
-        if settings.backend.is_dynamic() {
-            check_interval = check_interval.min(settings.scan_interval);
+        let pending = Pending::of(watches, settings, scanner);
+        if pending != was_pending {
+            if pending.any() {
+                log::debug!("pending: {}; checking again within 5 s, then less often", pending.names().join(", "));
+            } else {
+                log::debug!("nothing pending: checking for missed events every minute");
+            }
+            was_pending = pending.clone();
         }
-        let next_check = last_check + check_interval;
+        let next_check = schedule.next(&pending, check_cap);
         // AWS units never change: no full discovery to wait for.
         let mut deadline = if settings.backend.is_dynamic() { next_tick.min(next_check) } else { next_check };
         if health_passes {
+            // A discovery or check due less than a health interval (at most a second) before a health
+            // pass waits for it: one wake-up does both, and at the default flags the event loop wakes for
+            // the health pass only (a discovery then stands in for it).
+            let slack = settings.health_interval.min(Duration::from_secs(1));
+            if deadline < next_health && next_health.duration_since(deadline) <= slack {
+                deadline = next_health;
+            }
             deadline = deadline.min(next_health);
         }
         if let Some((first, last)) = nodes_changed {
@@ -247,6 +337,9 @@ fn event_loop(
             log::info!("stopping");
             return Ok(());
         }
+        if requests.check {
+            schedule.restart(Instant::now());
+        }
         let mut rescan = false;
         if requests.rescan {
             log::info!("SIGHUP: rescanning and registering again");
@@ -265,8 +358,10 @@ fn event_loop(
             if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
                 if watches.plugins.is(event.wd) {
                     watches.plugins.lost(&settings.device_plugin_path);
+                    schedule.restart(Instant::now());
                 } else if watches.dev.is(event.wd) {
                     watches.dev.lost(&settings.roots.dev);
+                    schedule.restart(Instant::now());
                 }
                 continue;
             }
@@ -296,8 +391,8 @@ fn event_loop(
             next_tick = Instant::now() + settings.scan_interval;
             rescan |= settings.backend.is_dynamic();
         }
-        if Instant::now() >= next_check {
-            last_check = Instant::now();
+        let checking = Instant::now() >= next_check;
+        if checking {
             watches.ensure(inotify, settings);
             let _ = events.send(Event::Tick);
             scanner.check_cdi_specs();
@@ -307,18 +402,25 @@ fn event_loop(
             rescan |= settings.backend.is_dynamic() && scanner.retry;
         }
         if rescan {
-            let retrying = scanner.retry;
+            let before = scanner.retry.then(|| scanner.found_problems.clone());
             scanner.scan();
             next_health = Instant::now() + settings.health_interval;
             // Something newly found half-made gets a whole check interval to finish before it is looked
             // at again.
-            if scanner.retry && !retrying {
-                last_check = Instant::now();
+            if scanner.retry && before.as_ref() != Some(&scanner.found_problems) {
+                schedule.restart(Instant::now());
+            } else if checking {
+                schedule.checked(Instant::now(), &Pending::of(watches, settings, scanner));
             }
-        } else if health_passes && Instant::now() >= next_health {
-            next_health = Instant::now() + settings.health_interval;
-            if !scanner.health_pass() {
-                scanner.scan();
+        } else {
+            if checking {
+                schedule.checked(Instant::now(), &Pending::of(watches, settings, scanner));
+            }
+            if health_passes && Instant::now() >= next_health {
+                next_health = Instant::now() + settings.health_interval;
+                if !scanner.health_pass() {
+                    scanner.scan();
+                }
             }
         }
     }
@@ -341,6 +443,8 @@ struct Scanner {
     reported: HashSet<String>,
     /// Where to announce a new resource, once the registration thread runs.
     events: Option<Sender<Event>>,
+    /// Wakes the event loop for a check soon: a CDI spec write failed on another thread.
+    wake: crate::control::Handle,
     /// `--cdi-spec-dir`, and the spec file of each resource.
     cdi_dir: Option<PathBuf>,
     cdi_files: BTreeMap<String, Arc<crate::cdi::SpecFile>>,
@@ -531,10 +635,10 @@ impl Scanner {
     fn write_cdi_spec(&mut self, resource: &str, devices: &[crate::device::Device]) {
         let Some(dir) = &self.cdi_dir else { return };
         let Ok(socket) = endpoint::socket_name(&self.dir, resource) else { return };
-        let file = self
-            .cdi_files
-            .entry(resource.to_string())
-            .or_insert_with(|| Arc::new(crate::cdi::SpecFile::new(dir, &socket, resource)));
+        let file = self.cdi_files.entry(resource.to_string()).or_insert_with(|| {
+            let wake = self.wake.clone();
+            Arc::new(crate::cdi::SpecFile::new(dir, &socket, resource, move || wake.check()))
+        });
         file.set(crate::cdi::spec(resource, devices));
     }
 }
@@ -680,5 +784,58 @@ fn log_changes(changes: &registry::Changes, moved: &HashSet<String>, of: &str) {
         if let crate::device::Health::Unhealthy(why) = &d.health {
             log::warn!("device {}{of} is still Unhealthy, now: {why}", d.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gaps between checks while `pending` lasts, starting from a fresh schedule.
+    fn gaps(pending: &Pending, cap: Duration, n: usize) -> Vec<u64> {
+        let start = Instant::now();
+        let mut schedule = CheckSchedule::new(start);
+        (0..n)
+            .map(|_| {
+                let at = schedule.next(pending, cap);
+                let gap = at.duration_since(schedule.last).as_secs();
+                schedule.checked(at, pending);
+                gap
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lasting_condition_is_checked_less_and_less_often_down_to_once_a_minute() {
+        let cdi = Pending { cdi: true, ..Pending::default() };
+        let minute = IDLE_CHECK_INTERVAL;
+        assert_eq!(gaps(&cdi, minute, 8), [5, 10, 20, 40, 60, 60, 60, 60]);
+        let discovery = Pending { discovery: true, ..Pending::default() };
+        assert_eq!(gaps(&discovery, minute, 6), [5, 10, 20, 40, 60, 60]);
+        // Never later than a full discovery would come.
+        assert_eq!(gaps(&discovery, Duration::from_secs(15), 5), [5, 10, 15, 15, 15]);
+        // Nothing pending: every minute.
+        assert_eq!(gaps(&Pending::default(), minute, 3), [60, 60, 60]);
+        // A missing directory: every 5 s for as long as it is missing.
+        let watch = Pending { watch: true, cdi: true, ..Pending::default() };
+        assert_eq!(gaps(&watch, minute, 4), [5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn something_newly_pending_or_healed_starts_the_schedule_again() {
+        let cdi = Pending { cdi: true, ..Pending::default() };
+        let start = Instant::now();
+        let mut schedule = CheckSchedule::new(start);
+        for _ in 0..6 {
+            let at = schedule.next(&cdi, IDLE_CHECK_INTERVAL);
+            schedule.checked(at, &cdi);
+        }
+        let now = schedule.last + Duration::from_secs(7);
+        assert_eq!(schedule.next(&cdi, IDLE_CHECK_INTERVAL) - schedule.last, IDLE_CHECK_INTERVAL);
+        schedule.restart(now);
+        assert_eq!(schedule.next(&cdi, IDLE_CHECK_INTERVAL), now + CHECK_INTERVAL);
+        // Healed at a check, then pending again: 5 s again.
+        schedule.checked(now, &Pending::default());
+        assert_eq!(schedule.next(&cdi, IDLE_CHECK_INTERVAL), now + CHECK_INTERVAL);
     }
 }

@@ -251,9 +251,11 @@ fn stale_specs_are_removed_once_no_instance_serves_them() {
     assert!(common::wait_until(WAIT, || names() == with_served), "{:?}\n{}", names(), p.log());
     assert!(p.log().contains("no running instance serves k8s-accel-e.com_old.sock"), "{}", p.log());
 
-    // The instance serving it stops: gone at the next check.
+    // The instance serving it stops: gone at the next check, which comes later each time while a file is
+    // left (10 s after the first, then 20 s).
     drop(held);
-    assert!(common::wait_until(WAIT, || names() == without_served), "{:?}\n{}", names(), p.log());
+    let next_checks = Duration::from_secs(40);
+    assert!(common::wait_until(next_checks, || names() == without_served), "{:?}\n{}", names(), p.log());
 }
 
 /// The local image `K8S_ACCEL_TEST_PODMAN_IMAGE`, whose entrypoint is a busybox (CI builds one from Debian's
@@ -393,6 +395,39 @@ fn allocate_waits_for_a_spec_that_can_be_written_and_a_spec_tampered_with_is_rew
     // Removed with no signal: the next check (here every 2 s, with the discoveries) puts it back.
     std::fs::remove_file(&spec).unwrap();
     assert!(common::wait_until(Duration::from_secs(8), || spec.exists()), "{}", p.log());
+}
+
+#[test]
+fn a_spec_write_that_fails_in_an_allocate_is_retried_soon_even_when_the_plugin_is_idle() {
+    // Full discoveries and health passes an hour apart: once the start is done, the event loop sleeps until
+    // its idle check, a minute later. A write that fails in an Allocate (a server thread) must wake it so
+    // that the write is retried within seconds, not at that check.
+    let rig = Rig::new();
+    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let parent = TempDir::new("cdi").unwrap();
+    let cdi = parent.path().join("cdi");
+    std::fs::create_dir(&cdi).unwrap();
+    let p = rig.plugin(&["--cdi-spec-dir", cdi.to_str().unwrap(), "--scan-interval", "1h", "--health-interval", "1h"]);
+    rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
+    assert!(p.wait_log("nothing pending: checking for missed events every minute", WAIT), "{}", p.log());
+    let spec = cdi.join(SPEC);
+    let good = std::fs::read_to_string(&spec).unwrap();
+
+    // The directory becomes a file: the Allocate finds the spec gone and cannot write it.
+    std::fs::rename(&cdi, parent.path().join("old")).unwrap();
+    std::fs::write(&cdi, "").unwrap();
+    match allocate_one(&rig, "0000:5e:00.0") {
+        Err(grpcio::Error::RpcFailure(s)) => assert_eq!(s.code(), grpcio::RpcStatusCode::UNAVAILABLE, "{s:?}"),
+        other => panic!("Allocate with the CDI directory gone: {other:?}"),
+    }
+    assert!(p.wait_log("pending: a CDI spec file to write", WAIT), "{}", p.log());
+    std::fs::remove_file(&cdi).unwrap();
+    std::fs::create_dir(&cdi).unwrap();
+    // Checked again 5 s after the failure (twice that, if that check came before the directory was back).
+    assert!(common::wait_until(Duration::from_secs(20), || spec.exists()), "{}", p.log());
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), good);
+    assert_eq!(p.log().matches("cannot write the CDI spec").count(), 1, "{}", p.log());
+    allocate_one(&rig, "0000:5e:00.0").expect("Allocate once the spec is back");
 }
 
 #[test]

@@ -57,7 +57,7 @@ impl Generation {
 }
 
 /// The drivers whose device nodes the plugin knows how to find: a slot with one of them bound and none of
-/// its nodes yet is being probed (Unhealthy, looked at again within 5 s).
+/// its nodes yet is being probed (Unhealthy; `scan.retry` is set).
 const KNOWN_DRIVERS: [&str; 4] = ["xdma", "edma", "xocl", "vfio-pci"];
 
 /// What a health pass looks at for one slot between full discoveries: whether its application PF is still
@@ -221,7 +221,7 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
 
 /// A slot whose application PF is at `real` (its directory in `/sys/devices`): its NUMA node and the
 /// device nodes of its driver; Unhealthy while one of them is missing, or while a driver the plugin knows
-/// is bound and has made none yet (then `scan.retry` is set: it is looked at again within 5 s).
+/// is bound and has made none yet (then `scan.retry` is set: it is looked at again 5 s later).
 fn present_slot(
     slot: &Slot,
     real: &Path,
