@@ -173,9 +173,9 @@ pub struct SpecFile {
     name: String,
     path: PathBuf,
     state: Mutex<State>,
-    /// Called when a write fails for a new reason, on whichever thread wrote: the daemon then retries it
-    /// soon (see [`SpecFile::pending`]), even when the failure came from the registration thread or an
-    /// Allocate while its event loop was idle.
+    /// Called when a write fails for a new reason, on whichever thread wrote, once the lock is released:
+    /// the daemon then retries it soon (see [`SpecFile::pending`]), even when the failure came from the
+    /// registration thread or an Allocate while its event loop was idle.
     on_failure: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -230,23 +230,18 @@ impl SpecFile {
     /// ours and if the file is not that already: also when it was removed or changed by another process, or
     /// when the last write failed.
     pub fn set(&self, spec: Option<String>) {
-        let mut state = self.state();
-        state.wanted = Some(spec);
-        self.sync(&mut state);
+        self.synced(|state| state.wanted = Some(spec), |_| ());
     }
 
     /// Rewrites the file if it is not what we last wrote (removed or changed by someone else), or if the
     /// last write failed: one `stat` when all is well.
     pub fn check(&self) {
-        let mut state = self.state();
-        self.sync(&mut state);
+        self.synced(|_| (), |_| ());
     }
 
     /// The resource's socket is ours: from now on the file is ours to write, starting now.
     pub fn own(&self) {
-        let mut state = self.state();
-        state.owned = true;
-        self.sync(&mut state);
+        self.synced(|state| state.owned = true, |_| ());
     }
 
     /// Whether this process owns the resource's socket (and so writes its file).
@@ -265,13 +260,29 @@ impl SpecFile {
     /// UNAVAILABLE status). One `stat`: a file removed or changed on disk since it was written is written
     /// again first (the runtime reads the file, not our memory of it).
     pub fn ready(&self) -> Result<(), String> {
-        let mut state = self.state();
-        self.sync(&mut state);
-        match (&state.wanted, &state.written, &state.error) {
-            (Some(wanted), Some((written, _)), None) if wanted == written => Ok(()),
-            (_, _, Some(e)) => Err(format!("the CDI spec {} cannot be written: {e}", self.path.display())),
-            _ => Err(format!("the CDI spec {} is not written yet", self.path.display())),
+        self.synced(
+            |_| (),
+            |state| match (&state.wanted, &state.written, &state.error) {
+                (Some(wanted), Some((written, _)), None) if wanted == written => Ok(()),
+                (_, _, Some(e)) => Err(format!("the CDI spec {} cannot be written: {e}", self.path.display())),
+                _ => Err(format!("the CDI spec {} is not written yet", self.path.display())),
+            },
+        )
+    }
+
+    /// Under the lock: `change`, then `sync`, then `answer`. Then, with the lock released (the callback may
+    /// do anything), `on_failure` if the write failed for a new reason.
+    fn synced<T>(&self, change: impl FnOnce(&mut State), answer: impl FnOnce(&State) -> T) -> T {
+        let (answer, failed) = {
+            let mut state = self.state();
+            change(&mut state);
+            let failed = self.sync(&mut state);
+            (answer(&state), failed)
+        };
+        if failed {
+            (self.on_failure)();
         }
+        answer
     }
 
     /// Removes a temporary file of ours left by a crash; only while ours, under the lock (no write runs).
@@ -283,17 +294,18 @@ impl SpecFile {
         remove(&self.dir, &temporary_name(&self.name))
     }
 
-    fn sync(&self, state: &mut State) {
-        let Some(wanted) = state.wanted.clone() else { return };
+    /// Writes (or removes) the file if it is not what is wanted; true if that failed for a new reason.
+    fn sync(&self, state: &mut State) -> bool {
+        let Some(wanted) = state.wanted.clone() else { return false };
         if !state.owned {
-            return;
+            return false;
         }
         let on_disk = file_id(&self.path);
         if let Some((written, id)) = &state.written {
             // A file that should be there and was not seen after its rename is written again.
             let seen = id.is_some() == wanted.is_some();
             if *written == wanted && *id == on_disk && seen && state.error.is_none() {
-                return;
+                return false;
             }
         }
         let tampered = matches!(&state.written, Some((written, id)) if *written == wanted && *id != on_disk);
@@ -310,6 +322,7 @@ impl SpecFile {
                 }
                 state.written = Some((wanted, file_id(&self.path)));
                 state.error = None;
+                false
             }
             Err(e) => {
                 let e = e.to_string();
@@ -323,9 +336,7 @@ impl SpecFile {
                     );
                 }
                 state.error = Some(e);
-                if new {
-                    (self.on_failure)();
-                }
+                new
             }
         }
     }

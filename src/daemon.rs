@@ -93,6 +93,11 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
     };
     scanner.scan();
 
+    // Watched before the registration thread starts: a kubelet.sock created from then on is an event.
+    let inotify = Inotify::new().map_err(|e| Error::Setup("create an inotify instance", e))?;
+    let mut watches = Watches::default();
+    watches.ensure(&inotify, &settings);
+
     // One completion queue is plenty for a handful of calls per pod start; each extra one is a thread.
     let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("grpc").build());
     let resources = scanner.resources();
@@ -100,8 +105,6 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
         .map_err(|e| Error::Setup("start the registration thread", e))?;
     scanner.events = Some(events.clone());
 
-    let inotify = Inotify::new().map_err(|e| Error::Setup("create an inotify instance", e))?;
-    let mut watches = Watches::default();
     let result = event_loop(&settings, &control, &inotify, &mut watches, &mut scanner, &events);
 
     let _ = events.send(Event::Shutdown);
@@ -112,18 +115,21 @@ pub fn run(settings: Settings, control: Control) -> Result<(), Error> {
 /// How soon the event loop checks what inotify may have missed (our socket and `kubelet.sock`, through the
 /// registration thread; the two watches; the CDI spec files, and stale ones) once something is pending: a
 /// watch not in place, a full discovery to repeat (a port half-created when it was scanned heals within
-/// this long), a CDI spec file not written, stale spec files left. At most `--scan-interval`. A condition
-/// that lasts is looked at less and less often (see `CheckSchedule`).
+/// this long), a CDI spec file not written, stale spec files left. At most `--scan-interval` where there are
+/// full discoveries (Intel ports, AWS slots). A condition that lasts is looked at less and less often (see
+/// `CheckSchedule`).
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The same check when nothing is pending. It is a backstop, not a path events take: inotify reports
 /// `kubelet.sock` created and our socket deleted as they happen, a dropped event (`IN_Q_OVERFLOW`) makes
 /// the registration thread check at once and starts a full discovery, and a watch lost (`IN_IGNORED`)
 /// makes the next check come within `CHECK_INTERVAL`. A minute keeps an idle plugin from waking for
-/// nothing (AWS units: it never wakes otherwise).
+/// nothing (AWS units: it never wakes otherwise). What only this check sees (the lock directory is not
+/// watched): a lock file removed by hand is made and locked again at the next check, so that for up to
+/// this long a second instance could lock a file of its own (it still finds our socket live and waits).
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
-/// What makes the fallback check come sooner than every minute.
+/// What makes the fallback check come sooner than its idle pace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Pending {
     /// A directory we follow is not watched (yet): the device-plugins directory before the kubelet makes it.
@@ -155,39 +161,47 @@ impl Pending {
 }
 
 /// When the fallback check comes: `CHECK_INTERVAL` after something becomes pending, then twice as long after
-/// each check that finds it still pending, up to `IDLE_CHECK_INTERVAL` (5, 10, 20, 40, then every 60 s).
-/// A condition that heals in seconds (a port half-created, a DMA driver still probing) is seen within 5 s;
-/// one that lasts (a CDI directory left read-only, an AWS slot whose driver never makes nodes, a stale spec
-/// that another deployment keeps) costs a look a minute, as an idle plugin does. Something newly pending
-/// starts again from 5 s. A directory not watched is looked for every 5 s for as long as it is missing: it
-/// costs one `inotify_add_watch`, and the device-plugins directory appears when a kubelet starts, which the
-/// plugin must not be a minute late for.
+/// each check that finds it still pending, up to the idle interval (5, 10, 20, 40, then every 60 s; never
+/// longer than `--scan-interval` where there are full discoveries, so 30 s for Intel ports and AWS slots at
+/// the default flags). A condition that heals in seconds (a port half-created, a DMA driver still probing)
+/// is seen within 5 s; one that lasts (a CDI directory left read-only, an AWS slot whose driver never makes
+/// nodes, a stale spec that another deployment keeps) costs a look per idle interval, as an idle plugin
+/// does. Something newly pending starts again from 5 s. A directory not watched is looked for every 5 s for
+/// as long as it is missing: it costs one `inotify_add_watch`, and the device-plugins directory appears when
+/// a kubelet starts, which the plugin must not be a minute late for.
 struct CheckSchedule {
     /// When the last check ran, or when something newly pending started the schedule again.
     last: Instant,
+    /// When the last check ran: however often the schedule starts again, a check comes at least once per
+    /// idle interval.
+    checked_at: Instant,
     /// How many checks in a row found something still pending.
     lasting: u32,
+    /// The idle interval: `IDLE_CHECK_INTERVAL`, or `--scan-interval` if shorter where there are full
+    /// discoveries.
+    idle: Duration,
 }
 
 impl CheckSchedule {
-    fn new(now: Instant) -> CheckSchedule {
-        CheckSchedule { last: now, lasting: 0 }
+    fn new(now: Instant, idle: Duration) -> CheckSchedule {
+        CheckSchedule { last: now, checked_at: now, lasting: 0, idle }
     }
 
-    /// When the next check comes; `cap`: at the latest this long after the last one.
-    fn next(&self, pending: &Pending, cap: Duration) -> Instant {
+    /// When the next check comes.
+    fn next(&self, pending: &Pending) -> Instant {
         let interval = if pending.any() {
             // 5 s × 2^lasting, written so that it cannot overflow: the shift stops at 16 × 5 s.
-            CHECK_INTERVAL.saturating_mul(1 << self.lasting.min(4)).min(IDLE_CHECK_INTERVAL)
+            CHECK_INTERVAL.saturating_mul(1 << self.lasting.min(4))
         } else {
-            IDLE_CHECK_INTERVAL
+            self.idle
         };
-        self.last + interval.min(cap)
+        (self.last + interval.min(self.idle)).min(self.checked_at + self.idle)
     }
 
     /// A check ran at `now`; `pending`: what is still pending after it.
     fn checked(&mut self, now: Instant, pending: &Pending) {
         self.last = now;
+        self.checked_at = now;
         self.lasting = if pending.any() && !pending.watch { self.lasting.saturating_add(1) } else { 0 };
     }
 
@@ -195,6 +209,81 @@ impl CheckSchedule {
     fn restart(&mut self, now: Instant) {
         self.last = now;
         self.lasting = 0;
+    }
+}
+
+/// The event loop's periodic work: full discoveries and health passes (Intel ports, AWS slots; AWS units
+/// never change, so they have neither), and the fallback check (`CheckSchedule`).
+struct Timers {
+    /// Whether there are full discoveries and health passes.
+    dynamic: bool,
+    scan_interval: Duration,
+    health_interval: Duration,
+    next_scan: Instant,
+    next_health: Instant,
+    check: CheckSchedule,
+}
+
+/// What falls due at a wake-up.
+#[derive(Debug, PartialEq, Eq)]
+struct Due {
+    /// The periodic full discovery (`--scan-interval`).
+    scan: bool,
+    /// The health pass (`--health-interval`); a full discovery at the same wake-up stands in for it.
+    health: bool,
+    check: bool,
+}
+
+impl Timers {
+    /// `dynamic`: whether there are full discoveries and health passes (`Backend::is_dynamic`).
+    fn new(dynamic: bool, scan_interval: Duration, health_interval: Duration, now: Instant) -> Timers {
+        let idle = if dynamic { IDLE_CHECK_INTERVAL.min(scan_interval) } else { IDLE_CHECK_INTERVAL };
+        Timers {
+            dynamic,
+            scan_interval,
+            health_interval,
+            next_scan: now + scan_interval,
+            next_health: now + health_interval,
+            check: CheckSchedule::new(now, idle),
+        }
+    }
+
+    /// When the next periodic work falls due.
+    fn deadline(&self, pending: &Pending) -> Instant {
+        let check = self.check.next(pending);
+        if self.dynamic {
+            check.min(self.next_scan).min(self.next_health)
+        } else {
+            check
+        }
+    }
+
+    /// What falls due at `now`, and the next full discovery and health pass scheduled as if done now. A
+    /// discovery or check due less than a health interval (and at most a second) after a health pass that
+    /// is due now is done with it, a little early: one wake-up for both, so that at the default flags the
+    /// event loop wakes once a second. Nothing is ever put off.
+    fn take_due(&mut self, now: Instant, pending: &Pending) -> Due {
+        let health = self.dynamic && now >= self.next_health;
+        let early = if health { self.health_interval.min(Duration::from_secs(1)) } else { Duration::ZERO };
+        let due = Due {
+            scan: self.dynamic && now + early >= self.next_scan,
+            health,
+            check: now + early >= self.check.next(pending),
+        };
+        if due.scan {
+            // Done early: the next one keeps its period rather than moving earlier each time.
+            let from = if self.next_scan > now { self.next_scan } else { now };
+            self.next_scan = from + self.scan_interval;
+        }
+        if due.scan || due.health {
+            self.next_health = now + self.health_interval;
+        }
+        due
+    }
+
+    /// A full discovery ran at `now` (for any reason): it read the health too.
+    fn scanned(&mut self, now: Instant) {
+        self.next_health = now + self.health_interval;
     }
 }
 
@@ -214,7 +303,8 @@ fn node_settle(backend: Backend) -> Settle {
     }
 }
 
-/// The two directories we follow. A directory that cannot be watched (yet) is retried every tick.
+/// The two directories we follow. A directory that cannot be watched (yet) is retried at every check (every
+/// 5 s while it is missing: see `CheckSchedule`).
 #[derive(Default)]
 struct Watches {
     plugins: Watch,
@@ -279,41 +369,23 @@ fn event_loop(
     scanner: &mut Scanner,
     events: &Sender<Event>,
 ) -> Result<(), Error> {
-    watches.ensure(inotify, settings);
-    let mut next_tick = Instant::now() + settings.scan_interval;
-    let mut schedule = CheckSchedule::new(Instant::now());
-    // The check is never later than a full discovery would be; AWS units have none.
-    let check_cap = if settings.backend.is_dynamic() { settings.scan_interval } else { IDLE_CHECK_INTERVAL };
-    let mut was_pending = Pending::default();
-    // Intel ports and AWS slots have health to read between scans; AWS units never change.
-    let health_passes = settings.backend.is_dynamic();
-    let mut next_health = Instant::now() + settings.health_interval;
+    let (scan, health) = (settings.scan_interval, settings.health_interval);
+    let mut timers = Timers::new(settings.backend.is_dynamic(), scan, health, Instant::now());
+    let mut was_pending = None;
     // Device-node events not acted on yet: (first, last) of the burst (see `Settle`).
     let mut nodes_changed: Option<(Instant, Instant)> = None;
     let settle = node_settle(settings.backend);
     loop {
         let pending = Pending::of(watches, settings, scanner);
-        if pending != was_pending {
+        if was_pending.as_ref() != Some(&pending) {
             if pending.any() {
-                log::debug!("pending: {}; checking again within 5 s, then less often", pending.names().join(", "));
+                log::debug!("pending: {}; checking again within {CHECK_INTERVAL:?}", pending.names().join(", "));
             } else {
-                log::debug!("nothing pending: checking for missed events every minute");
+                log::debug!("nothing pending: checking for missed events every {:?}", timers.check.idle);
             }
-            was_pending = pending.clone();
+            was_pending = Some(pending.clone());
         }
-        let next_check = schedule.next(&pending, check_cap);
-        // AWS units never change: no full discovery to wait for.
-        let mut deadline = if settings.backend.is_dynamic() { next_tick.min(next_check) } else { next_check };
-        if health_passes {
-            // A discovery or check due less than a health interval (at most a second) before a health
-            // pass waits for it: one wake-up does both, and at the default flags the event loop wakes for
-            // the health pass only (a discovery then stands in for it).
-            let slack = settings.health_interval.min(Duration::from_secs(1));
-            if deadline < next_health && next_health.duration_since(deadline) <= slack {
-                deadline = next_health;
-            }
-            deadline = deadline.min(next_health);
-        }
+        let mut deadline = timers.deadline(&pending);
         if let Some((first, last)) = nodes_changed {
             deadline = deadline.min((last + settle.quiet).min(first + settle.longest));
         }
@@ -331,6 +403,8 @@ fn event_loop(
                 return Err(Error::Setup("wait for events", e));
             }
         }
+        // One time for everything this wake-up does, so that what falls due together stays together.
+        let now = Instant::now();
 
         let requests = control.take();
         if requests.stop {
@@ -338,7 +412,7 @@ fn event_loop(
             return Ok(());
         }
         if requests.check {
-            schedule.restart(Instant::now());
+            timers.check.restart(now);
         }
         let mut rescan = false;
         if requests.rescan {
@@ -358,10 +432,10 @@ fn event_loop(
             if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
                 if watches.plugins.is(event.wd) {
                     watches.plugins.lost(&settings.device_plugin_path);
-                    schedule.restart(Instant::now());
+                    timers.check.restart(now);
                 } else if watches.dev.is(event.wd) {
                     watches.dev.lost(&settings.roots.dev);
-                    schedule.restart(Instant::now());
+                    timers.check.restart(now);
                 }
                 continue;
             }
@@ -375,24 +449,19 @@ fn event_loop(
                 }
             } else if watches.dev.is(event.wd) && discovery::is_device_node_name(settings.backend, &event.name) {
                 log::debug!("{}/{} changed", settings.roots.dev.display(), event.name);
-                let now = Instant::now();
                 nodes_changed = Some((nodes_changed.map_or(now, |(first, _)| first), now));
             }
         }
 
         if let Some((first, last)) = nodes_changed {
-            let now = Instant::now();
             if now >= last + settle.quiet || now >= first + settle.longest {
                 nodes_changed = None;
                 rescan = true;
             }
         }
-        if Instant::now() >= next_tick {
-            next_tick = Instant::now() + settings.scan_interval;
-            rescan |= settings.backend.is_dynamic();
-        }
-        let checking = Instant::now() >= next_check;
-        if checking {
+        let due = timers.take_due(now, &pending);
+        rescan |= due.scan;
+        if due.check {
             watches.ensure(inotify, settings);
             let _ = events.send(Event::Tick);
             scanner.check_cdi_specs();
@@ -401,29 +470,26 @@ fn event_loop(
             // discovery.
             rescan |= settings.backend.is_dynamic() && scanner.retry;
         }
-        if rescan {
-            let before = scanner.retry.then(|| scanner.found_problems.clone());
-            scanner.scan();
-            next_health = Instant::now() + settings.health_interval;
-            // Something newly found half-made gets a whole check interval to finish before it is looked
-            // at again.
-            if scanner.retry && before.as_ref() != Some(&scanner.found_problems) {
-                schedule.restart(Instant::now());
-            } else if checking {
-                schedule.checked(Instant::now(), &Pending::of(watches, settings, scanner));
-            }
-        } else {
-            if checking {
-                schedule.checked(Instant::now(), &Pending::of(watches, settings, scanner));
-            }
-            if health_passes && Instant::now() >= next_health {
-                next_health = Instant::now() + settings.health_interval;
-                if !scanner.health_pass() {
-                    scanner.scan();
-                }
-            }
+        // The health pass falls back on a full discovery when a port's directory is gone or a slot changed.
+        let restarted =
+            if rescan || (due.health && !scanner.health_pass()) { discover(scanner, &mut timers, now) } else { false };
+        if due.check && !restarted {
+            timers.check.checked(now, &Pending::of(watches, settings, scanner));
         }
     }
+}
+
+/// A full discovery at `now`. Something newly found half-made starts the check schedule again: it gets a
+/// whole `CHECK_INTERVAL` to finish before it is looked at again. True then.
+fn discover(scanner: &mut Scanner, timers: &mut Timers, now: Instant) -> bool {
+    let before = scanner.retry.then(|| scanner.found_problems.clone());
+    scanner.scan();
+    timers.scanned(now);
+    let new = scanner.retry && before.as_ref() != Some(&scanner.found_problems);
+    if new {
+        timers.check.restart(now);
+    }
+    new
 }
 
 /// Runs discovery, routes the devices to their resources and publishes each resource's list, logging what
@@ -791,13 +857,14 @@ fn log_changes(changes: &registry::Changes, moved: &HashSet<String>, of: &str) {
 mod tests {
     use super::*;
 
+    const MINUTE: Duration = IDLE_CHECK_INTERVAL;
+
     /// The gaps between checks while `pending` lasts, starting from a fresh schedule.
-    fn gaps(pending: &Pending, cap: Duration, n: usize) -> Vec<u64> {
-        let start = Instant::now();
-        let mut schedule = CheckSchedule::new(start);
+    fn gaps(pending: &Pending, idle: Duration, n: usize) -> Vec<u64> {
+        let mut schedule = CheckSchedule::new(Instant::now(), idle);
         (0..n)
             .map(|_| {
-                let at = schedule.next(pending, cap);
+                let at = schedule.next(pending);
                 let gap = at.duration_since(schedule.last).as_secs();
                 schedule.checked(at, pending);
                 gap
@@ -806,36 +873,88 @@ mod tests {
     }
 
     #[test]
-    fn a_lasting_condition_is_checked_less_and_less_often_down_to_once_a_minute() {
+    fn a_lasting_condition_is_checked_less_and_less_often_down_to_the_idle_pace() {
         let cdi = Pending { cdi: true, ..Pending::default() };
-        let minute = IDLE_CHECK_INTERVAL;
-        assert_eq!(gaps(&cdi, minute, 8), [5, 10, 20, 40, 60, 60, 60, 60]);
+        assert_eq!(gaps(&cdi, MINUTE, 8), [5, 10, 20, 40, 60, 60, 60, 60]);
         let discovery = Pending { discovery: true, ..Pending::default() };
-        assert_eq!(gaps(&discovery, minute, 6), [5, 10, 20, 40, 60, 60]);
+        assert_eq!(gaps(&discovery, MINUTE, 6), [5, 10, 20, 40, 60, 60]);
         // Never later than a full discovery would come.
         assert_eq!(gaps(&discovery, Duration::from_secs(15), 5), [5, 10, 15, 15, 15]);
-        // Nothing pending: every minute.
-        assert_eq!(gaps(&Pending::default(), minute, 3), [60, 60, 60]);
+        // Nothing pending: the idle pace.
+        assert_eq!(gaps(&Pending::default(), MINUTE, 3), [60, 60, 60]);
         // A missing directory: every 5 s for as long as it is missing.
         let watch = Pending { watch: true, cdi: true, ..Pending::default() };
-        assert_eq!(gaps(&watch, minute, 4), [5, 5, 5, 5]);
+        assert_eq!(gaps(&watch, MINUTE, 4), [5, 5, 5, 5]);
     }
 
     #[test]
-    fn something_newly_pending_or_healed_starts_the_schedule_again() {
+    fn something_newly_pending_or_healed_starts_the_schedule_again_but_never_stops_the_checks() {
         let cdi = Pending { cdi: true, ..Pending::default() };
-        let start = Instant::now();
-        let mut schedule = CheckSchedule::new(start);
+        let mut schedule = CheckSchedule::new(Instant::now(), MINUTE);
         for _ in 0..6 {
-            let at = schedule.next(&cdi, IDLE_CHECK_INTERVAL);
+            let at = schedule.next(&cdi);
             schedule.checked(at, &cdi);
         }
-        let now = schedule.last + Duration::from_secs(7);
-        assert_eq!(schedule.next(&cdi, IDLE_CHECK_INTERVAL) - schedule.last, IDLE_CHECK_INTERVAL);
+        assert_eq!(schedule.next(&cdi) - schedule.last, MINUTE);
+        let checked = schedule.last;
+        let now = checked + Duration::from_secs(7);
         schedule.restart(now);
-        assert_eq!(schedule.next(&cdi, IDLE_CHECK_INTERVAL), now + CHECK_INTERVAL);
-        // Healed at a check, then pending again: 5 s again.
-        schedule.checked(now, &Pending::default());
-        assert_eq!(schedule.next(&cdi, IDLE_CHECK_INTERVAL), now + CHECK_INTERVAL);
+        assert_eq!(schedule.next(&cdi), now + CHECK_INTERVAL);
+        // Started again every 4 s (a flapping condition): the check still comes a minute after the last.
+        for i in 1..30 {
+            schedule.restart(now + Duration::from_secs(4 * i));
+        }
+        assert_eq!(schedule.next(&cdi), checked + MINUTE);
+        // Lasting, then healed at a check, then pending again: 5 s again.
+        schedule.checked(checked + MINUTE, &cdi);
+        assert_eq!(schedule.lasting, 1);
+        schedule.checked(checked + MINUTE, &Pending::default());
+        assert_eq!(schedule.next(&cdi), checked + MINUTE + CHECK_INTERVAL);
+    }
+
+    /// What the event loop's timers do over `span` with nothing pending and no events: (wake-ups, full
+    /// discoveries, health passes, checks).
+    fn run(dynamic: bool, scan: Duration, health: Duration, span: Duration) -> (u32, u32, u32, u32) {
+        let start = Instant::now();
+        let mut timers = Timers::new(dynamic, scan, health, start);
+        let none = Pending::default();
+        let (mut wakes, mut scans, mut passes, mut checks) = (0, 0, 0, 0);
+        loop {
+            let now = timers.deadline(&none);
+            if now > start + span {
+                return (wakes, scans, passes, checks);
+            }
+            let due = timers.take_due(now, &none);
+            assert_ne!(due, Due { scan: false, health: false, check: false }, "woke for nothing");
+            wakes += 1;
+            if due.scan {
+                scans += 1;
+                timers.scanned(now);
+            } else if due.health {
+                passes += 1;
+            }
+            if due.check {
+                checks += 1;
+                timers.check.checked(now, &none);
+            }
+        }
+    }
+
+    #[test]
+    fn discoveries_and_checks_join_the_health_pass_and_keep_their_period() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // Defaults: once a second, a discovery every 30 s standing in for a health pass, a check with it.
+        assert_eq!(run(true, s(30), s(1), s(300)), (300, 10, 290, 10));
+        // Discoveries more often than health passes: every one of them, health read by each, the check with
+        // each (never later than a discovery).
+        assert_eq!(run(true, ms(50), s(1), s(10)), (200, 200, 0, 200));
+        // Between one and two health intervals: still every 1.5 s on average.
+        let (_, scans, _, _) = run(true, ms(1500), s(1), s(30));
+        assert_eq!(scans, 20);
+        // Long intervals: nothing pulled far forward.
+        assert_eq!(run(true, s(3600), s(3600), s(3 * 3600)), (180, 3, 0, 180));
+        // AWS units: the check alone, once a minute.
+        assert_eq!(run(false, s(30), s(1), s(600)), (10, 0, 0, 10));
     }
 }

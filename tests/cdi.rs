@@ -248,7 +248,9 @@ fn stale_specs_are_removed_once_no_instance_serves_them() {
     };
     let without_served = [".vendor.com-gpu.json.tmp", SPEC, "vendor.com-gpu.json"];
     let with_served = [".vendor.com-gpu.json.tmp", SPEC, "k8s-accel-e.com_served.json", "vendor.com-gpu.json"];
-    assert!(common::wait_until(WAIT, || names() == with_served), "{:?}\n{}", names(), p.log());
+    // The first check 5 s after the start; if the process did not serve yet, the next 10 s later.
+    let checks = Duration::from_secs(20);
+    assert!(common::wait_until(checks, || names() == with_served), "{:?}\n{}", names(), p.log());
     assert!(p.log().contains("no running instance serves k8s-accel-e.com_old.sock"), "{}", p.log());
 
     // The instance serving it stops: gone at the next check, which comes later each time while a file is
@@ -409,7 +411,7 @@ fn a_spec_write_that_fails_in_an_allocate_is_retried_soon_even_when_the_plugin_i
     std::fs::create_dir(&cdi).unwrap();
     let p = rig.plugin(&["--cdi-spec-dir", cdi.to_str().unwrap(), "--scan-interval", "1h", "--health-interval", "1h"]);
     rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
-    assert!(p.wait_log("nothing pending: checking for missed events every minute", WAIT), "{}", p.log());
+    assert!(p.wait_log("nothing pending: checking for missed events every 60s", WAIT), "{}", p.log());
     let spec = cdi.join(SPEC);
     let good = std::fs::read_to_string(&spec).unwrap();
 

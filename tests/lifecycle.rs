@@ -277,7 +277,7 @@ fn probe_succeeds_against_a_running_plugin_and_fails_otherwise() {
 #[test]
 fn a_missed_directory_event_is_caught_by_the_periodic_check() {
     // The device-plugins directory is swapped for a new one with a new kubelet in it. The plugin's watch
-    // followed the old directory, and its new watch only comes at the next tick, so nothing in the new
+    // followed the old directory, and its new watch only comes at the next check, so nothing in the new
     // directory raises an event the plugin sees: only the periodic check of the lock file, our socket and
     // kubelet.sock can notice. Hard links carry some of our files into the new directory, so that each check
     // is the first to find something in one of the rounds.
@@ -293,7 +293,7 @@ fn a_missed_directory_event_is_caught_by_the_periodic_check() {
         let parent = TempDir::new("kubelet").unwrap();
         let dir = parent.path().join("dp");
         let _old_kubelet = FakeKubelet::start(&dir).unwrap();
-        let p = aws_plugin(&dir, &node, &["--scan-interval", "1s"]);
+        let p = aws_plugin(&dir, &node, &[]);
         assert!(p.wait_log("registered b-com.com/accelerator", WAIT), "{}", p.log());
         swap_in_a_new_directory_with_a_new_kubelet(parent.path(), links, &p, finding);
     }
