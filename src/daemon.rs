@@ -231,7 +231,9 @@ struct Due {
     scan: bool,
     /// The health pass (`--health-interval`); a full discovery at the same wake-up stands in for it.
     health: bool,
-    check: bool,
+    /// The check, and the time it counts as done at: when it was due, if that is later than now (done
+    /// early), so that it keeps its period and stays with the discovery it came with.
+    check: Option<Instant>,
 }
 
 impl Timers {
@@ -259,16 +261,17 @@ impl Timers {
     }
 
     /// What falls due at `now`, and the next full discovery and health pass scheduled as if done now. A
-    /// discovery or check due less than a health interval (and at most a second) after a health pass that
-    /// is due now is done with it, a little early: one wake-up for both, so that at the default flags the
-    /// event loop wakes once a second. Nothing is ever put off.
+    /// discovery or check due up to a health interval (and at most a second) after a health pass that is
+    /// due now is done with it, that much early and keeping its period: one wake-up for both, so that at
+    /// the default flags the event loop wakes once a second. Nothing is ever put off.
     fn take_due(&mut self, now: Instant, pending: &Pending) -> Due {
         let health = self.dynamic && now >= self.next_health;
         let early = if health { self.health_interval.min(Duration::from_secs(1)) } else { Duration::ZERO };
+        let check = self.check.next(pending);
         let due = Due {
             scan: self.dynamic && now + early >= self.next_scan,
             health,
-            check: now + early >= self.check.next(pending),
+            check: (now + early >= check).then(|| check.max(now)),
         };
         if due.scan {
             // Done early: the next one keeps its period rather than moving earlier each time.
@@ -281,9 +284,13 @@ impl Timers {
         due
     }
 
-    /// A full discovery ran at `now` (for any reason): it read the health too.
-    fn scanned(&mut self, now: Instant) {
-        self.next_health = now + self.health_interval;
+    /// A full discovery (for any reason) ended at `end`: it read the health too. One that took longer than
+    /// `--scan-interval` is not followed by another at once.
+    fn scanned(&mut self, end: Instant) {
+        self.next_health = end + self.health_interval;
+        if self.next_scan <= end {
+            self.next_scan = end + self.scan_interval;
+        }
     }
 }
 
@@ -461,7 +468,7 @@ fn event_loop(
         }
         let due = timers.take_due(now, &pending);
         rescan |= due.scan;
-        if due.check {
+        if due.check.is_some() {
             watches.ensure(inotify, settings);
             let _ = events.send(Event::Tick);
             scanner.check_cdi_specs();
@@ -471,25 +478,27 @@ fn event_loop(
             rescan |= settings.backend.is_dynamic() && scanner.retry;
         }
         // The health pass falls back on a full discovery when a port's directory is gone or a slot changed.
-        let restarted =
-            if rescan || (due.health && !scanner.health_pass()) { discover(scanner, &mut timers, now) } else { false };
-        if due.check && !restarted {
-            timers.check.checked(now, &Pending::of(watches, settings, scanner));
+        let discovered = (rescan || (due.health && !scanner.health_pass())).then(|| discover(scanner));
+        if discovered.is_some() {
+            timers.scanned(Instant::now());
+        }
+        if let Some(at) = due.check {
+            timers.check.checked(at, &Pending::of(watches, settings, scanner));
+        }
+        // Something newly found half-made gets a whole `CHECK_INTERVAL` to finish before it is looked at
+        // again.
+        if discovered == Some(true) {
+            timers.check.restart(now);
         }
     }
 }
 
-/// A full discovery at `now`. Something newly found half-made starts the check schedule again: it gets a
-/// whole `CHECK_INTERVAL` to finish before it is looked at again. True then.
-fn discover(scanner: &mut Scanner, timers: &mut Timers, now: Instant) -> bool {
+/// A full discovery; true if it found something newly half-made (a problem that may heal that the last
+/// one did not report).
+fn discover(scanner: &mut Scanner) -> bool {
     let before = scanner.retry.then(|| scanner.found_problems.clone());
     scanner.scan();
-    timers.scanned(now);
-    let new = scanner.retry && before.as_ref() != Some(&scanner.found_problems);
-    if new {
-        timers.check.restart(now);
-    }
-    new
+    scanner.retry && before.as_ref() != Some(&scanner.found_problems)
 }
 
 /// Runs discovery, routes the devices to their resources and publishes each resource's list, logging what
@@ -912,20 +921,28 @@ mod tests {
         assert_eq!(schedule.next(&cdi), checked + MINUTE + CHECK_INTERVAL);
     }
 
-    /// What the event loop's timers do over `span` with nothing pending and no events: (wake-ups, full
-    /// discoveries, health passes, checks).
-    fn run(dynamic: bool, scan: Duration, health: Duration, span: Duration) -> (u32, u32, u32, u32) {
+    /// What the event loop's timers do over `span` with nothing pending and no events, each wake-up `lag`
+    /// after its deadline (as poll's): (wake-ups, full discoveries, health passes, checks). Asserts on the
+    /// way that nothing is done later than it was due, and that no wake-up is for nothing.
+    fn run(dynamic: bool, scan: Duration, health: Duration, span: Duration, lag: Duration) -> (u32, u32, u32, u32) {
         let start = Instant::now();
         let mut timers = Timers::new(dynamic, scan, health, start);
         let none = Pending::default();
         let (mut wakes, mut scans, mut passes, mut checks) = (0, 0, 0, 0);
         loop {
-            let now = timers.deadline(&none);
+            let now = timers.deadline(&none) + lag;
             if now > start + span {
                 return (wakes, scans, passes, checks);
             }
+            let (scan_at, check_at) = (timers.next_scan, timers.check.next(&none));
             let due = timers.take_due(now, &none);
-            assert_ne!(due, Due { scan: false, health: false, check: false }, "woke for nothing");
+            assert!(due.scan || due.health || due.check.is_some(), "woke for nothing");
+            assert!(!due.scan || now <= scan_at + lag, "a discovery put off");
+            assert!(due.check.is_none() || now <= check_at + lag, "a check put off");
+            if dynamic && scan > health {
+                // Whatever the lag, discoveries and checks only ever come with a health pass.
+                assert!(due.health, "a wake-up of its own at {:?}: {due:?}", now - start);
+            }
             wakes += 1;
             if due.scan {
                 scans += 1;
@@ -933,9 +950,9 @@ mod tests {
             } else if due.health {
                 passes += 1;
             }
-            if due.check {
+            if let Some(at) = due.check {
                 checks += 1;
-                timers.check.checked(now, &none);
+                timers.check.checked(at, &none);
             }
         }
     }
@@ -945,16 +962,23 @@ mod tests {
         let s = Duration::from_secs;
         let ms = Duration::from_millis;
         // Defaults: once a second, a discovery every 30 s standing in for a health pass, a check with it.
-        assert_eq!(run(true, s(30), s(1), s(300)), (300, 10, 290, 10));
+        assert_eq!(run(true, s(30), s(1), s(300), Duration::ZERO), (300, 10, 290, 10));
+        // Between one and two health intervals: every 1.5 s on average, on health-pass wake-ups only.
+        assert_eq!(run(true, ms(1500), s(1), s(30), Duration::ZERO), (30, 20, 10, 20));
+        // Each wake-up late (as poll's are): the health passes drift with it, the rest keeps its period
+        // and still comes with them (`run` asserts it), with no wake-up of its own.
+        for lag in [ms(1), ms(3)] {
+            let (wakes, scans, passes, checks) = run(true, s(30), s(1), s(3000), lag);
+            assert_eq!((scans, checks, wakes), (100, 100, scans + passes), "lag {lag:?}");
+            let (wakes, scans, passes, _) = run(true, ms(1500), s(1), s(300), lag);
+            assert_eq!((scans, wakes), (200, scans + passes), "lag {lag:?}");
+        }
         // Discoveries more often than health passes: every one of them, health read by each, the check with
         // each (never later than a discovery).
-        assert_eq!(run(true, ms(50), s(1), s(10)), (200, 200, 0, 200));
-        // Between one and two health intervals: still every 1.5 s on average.
-        let (_, scans, _, _) = run(true, ms(1500), s(1), s(30));
-        assert_eq!(scans, 20);
-        // Long intervals: nothing pulled far forward.
-        assert_eq!(run(true, s(3600), s(3600), s(3 * 3600)), (180, 3, 0, 180));
+        assert_eq!(run(true, ms(50), s(1), s(10), Duration::ZERO), (200, 200, 0, 200));
+        // Long intervals: the check every minute, nothing pulled far forward.
+        assert_eq!(run(true, s(3600), s(3600), s(3 * 3600), Duration::ZERO), (180, 3, 0, 180));
         // AWS units: the check alone, once a minute.
-        assert_eq!(run(false, s(30), s(1), s(600)), (10, 0, 0, 10));
+        assert_eq!(run(false, s(30), s(1), s(600), Duration::ZERO), (10, 0, 0, 10));
     }
 }

@@ -221,7 +221,7 @@ pub fn scan(sys: &Path, dev: &Path) -> Scan {
 
 /// A slot whose application PF is at `real` (its directory in `/sys/devices`): its NUMA node and the
 /// device nodes of its driver; Unhealthy while one of them is missing, or while a driver the plugin knows
-/// is bound and has made none yet (then `scan.retry` is set: it is looked at again 5 s later).
+/// is bound and has made none yet (then `scan.retry` is set: it is looked at again within 5 s).
 fn present_slot(
     slot: &Slot,
     real: &Path,

@@ -75,7 +75,7 @@ pub struct Scan {
     pub slots: Vec<aws_fpga::SlotPaths>,
     /// Whether something found may heal by itself soon (a root not mounted yet, an Intel port half-created:
     /// its `id` not written yet, a class link made before its target; an AWS slot's driver still making
-    /// its nodes): the daemon then discovers again 5 s later, then less and less often while it lasts, at
+    /// its nodes): the daemon then discovers again within 5 s, then less and less often while it lasts, at
     /// least once a minute (`CheckSchedule` in `daemon`). A problem that cannot heal by itself (a duplicate
     /// ID, a malformed `numa_node`) waits for the next full discovery.
     pub retry: bool,
