@@ -123,11 +123,17 @@ pub fn write_atomically(dir: &Path, name: &str, content: &str) -> std::io::Resul
     result
 }
 
-/// Removes our spec file `name` from `dir`. Ok(false): it was not there.
+/// Removes our spec file `name` from `dir`. Ok(false): it was not there (nor can it be: `dir` is missing
+/// or not a directory).
 pub fn remove(dir: &Path, name: &str) -> std::io::Result<bool> {
-    match std::fs::remove_file(dir.join(name)) {
+    let path = dir.join(name);
+    match std::fs::remove_file(&path) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(false),
+        // A read-only filesystem refuses an unlink before it looks the name up.
+        Err(_) if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
 }
@@ -264,6 +270,9 @@ impl SpecFile {
             |_| (),
             |state| match (&state.wanted, &state.written, &state.error) {
                 (Some(wanted), Some((written, _)), None) if wanted == written => Ok(()),
+                // No device of the resource has a node: the Allocate names no CDI device, and a file
+                // left that could not be removed is never read for it.
+                (Some(None), _, _) => Ok(()),
                 (_, _, Some(e)) => Err(format!("the CDI spec {} cannot be written: {e}", self.path.display())),
                 _ => Err(format!("the CDI spec {} is not written yet", self.path.display())),
             },
@@ -327,12 +336,19 @@ impl SpecFile {
             Err(e) => {
                 let e = e.to_string();
                 let new = state.error.as_ref() != Some(&e);
-                if new {
+                if new && wanted.is_some() {
                     log::warn!(
-                        "cannot write the CDI spec of {} in {}: {e}; Allocate fails until it can (retried after \
+                        "cannot write the CDI spec of {} in {}: {e}; Allocate fails until it can (retried within \
                          5 s, then less often, at least once a minute)",
                         self.resource,
                         dir.display()
+                    );
+                } else if new {
+                    log::warn!(
+                        "cannot remove the CDI spec of {}, {}: {e}; retrying (no device of it has a node: its \
+                         Allocates name no CDI device)",
+                        self.resource,
+                        self.path.display()
                     );
                 }
                 state.error = Some(e);

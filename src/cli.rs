@@ -36,7 +36,7 @@ Options:
   --sysfs-root DIR             Where the host's sysfs is mounted [default: /sys]
   --dev-root DIR               Where the host's device nodes are [default: /dev]
   --scan-interval DURATION     Full rediscovery period, e.g. 200ms, 5s, 1m (durations: a whole number
-                               and ms, s, m or h, 10ms to 24h) [default: 30s]
+                               and ms, s, m or h, 10ms to 24h; not used with aws) [default: 30s]
   --health-interval DURATION   How often the known Intel ports' health and AFU are read, and the AWS
                                slots' application PFs looked at, e.g. 500ms, 2s [default: 1s]
   --log-level LEVEL            error|warn|info|debug|trace [default: info]

@@ -154,7 +154,7 @@ impl Pending {
         let all = [
             (self.watch, "a directory to watch"),
             (self.discovery, "a discovery to repeat"),
-            (self.cdi, "a CDI spec file to write or stale ones to remove"),
+            (self.cdi, "a CDI spec file to write, or stale ones to look for"),
         ];
         all.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect()
     }
@@ -284,11 +284,13 @@ impl Timers {
         due
     }
 
-    /// A full discovery (for any reason) ended at `end`: it read the health too. One that took longer than
-    /// `--scan-interval` is not followed by another at once.
-    fn scanned(&mut self, end: Instant) {
+    /// A full discovery ended at `end`: it read the health too. `periodic`: it was the one `take_due` said
+    /// was due, whose period is kept; any other (a node event, SIGHUP, something half-made looked at again)
+    /// puts the periodic one a whole `--scan-interval` after it, rather than a second one moments later.
+    /// One that took longer than `--scan-interval` is not followed by another at once.
+    fn scanned(&mut self, end: Instant, periodic: bool) {
         self.next_health = end + self.health_interval;
-        if self.next_scan <= end {
+        if !periodic || self.next_scan <= end {
             self.next_scan = end + self.scan_interval;
         }
     }
@@ -480,7 +482,7 @@ fn event_loop(
         // The health pass falls back on a full discovery when a port's directory is gone or a slot changed.
         let discovered = (rescan || (due.health && !scanner.health_pass())).then(|| discover(scanner));
         if discovered.is_some() {
-            timers.scanned(Instant::now());
+            timers.scanned(Instant::now(), due.scan);
         }
         if let Some(at) = due.check {
             timers.check.checked(at, &Pending::of(watches, settings, scanner));
@@ -946,7 +948,7 @@ mod tests {
             wakes += 1;
             if due.scan {
                 scans += 1;
-                timers.scanned(now);
+                timers.scanned(now, true);
             } else if due.health {
                 passes += 1;
             }
@@ -955,6 +957,26 @@ mod tests {
                 timers.check.checked(at, &none);
             }
         }
+    }
+
+    #[test]
+    fn a_discovery_for_another_reason_puts_the_periodic_one_a_period_after_it() {
+        let start = Instant::now();
+        let (scan, health) = (Duration::from_secs(30), Duration::from_secs(1));
+        let mut timers = Timers::new(true, scan, health, start);
+        // Something half-made looked at again 25 s in: the periodic discovery comes 30 s after that one.
+        let end = start + Duration::from_secs(25);
+        timers.scanned(end, false);
+        assert_eq!((timers.next_scan, timers.next_health), (end + scan, end + health));
+        // A periodic one keeps its period, unless it ran past the next one.
+        let due = timers.next_scan;
+        assert!(timers.take_due(due, &Pending::default()).scan);
+        timers.scanned(due, true);
+        assert_eq!(timers.next_scan, due + scan);
+        assert!(timers.take_due(due + scan, &Pending::default()).scan);
+        let end = due + scan + Duration::from_secs(31);
+        timers.scanned(end, true);
+        assert_eq!(timers.next_scan, end + scan);
     }
 
     #[test]

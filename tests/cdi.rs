@@ -204,6 +204,21 @@ fn aws_units_have_no_cdi_device() {
 }
 
 #[test]
+fn a_cdi_directory_that_cannot_be_written_does_not_fail_allocates_that_name_no_cdi_device() {
+    // AWS units name no CDI device: a `--cdi-spec-dir` that is a file (or read-only) changes nothing for
+    // their pods.
+    let rig = Rig::new();
+    let parent = TempDir::new("cdi").unwrap();
+    let file = parent.path().join("not-a-directory");
+    std::fs::write(&file, "").unwrap();
+    let p = rig.aws("2", &["--cdi-spec-dir", file.to_str().unwrap()]);
+    rig.wait_list(&[("0", "Healthy"), ("1", "Healthy")]);
+    let resp = rig.client().allocate(&common::allocate_request(&[&["1"]])).expect("Allocate of a unit");
+    assert_eq!(resp.container_responses[0].envs["ACCELERATOR_UNITS"], "1");
+    assert!(!p.log().contains("cannot write the CDI spec"), "{}", p.log());
+}
+
+#[test]
 fn a_resource_name_that_is_no_cdi_kind_exits_2() {
     let out =
         common::command(&["--cdi-spec-dir", "/var/run/cdi", "--resource-name", "example.com/2fpga"]).output().unwrap();
