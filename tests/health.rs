@@ -123,3 +123,24 @@ fn a_port_skipped_half_created_is_found_at_the_next_check() {
     rig.wait_list(&[("0000:5e:00.0-0", "Healthy"), ("0000:5e:00.0-1", "Healthy")]);
     assert!(p.log().contains("its `id` is unreadable"), "{}", p.log());
 }
+
+#[test]
+fn a_port_whose_driver_is_unbound_is_unhealthy_until_one_is_bound_again() {
+    // Unbinding the port driver takes its attributes (`afu_id`, `errors/`, `id`) and the character device
+    // behind the node, but not the node nor the directory: no node event, no directory gone. The health pass
+    // must see it, and the full discovery too (the second card: its driver unbound before the start).
+    let rig = Rig::new();
+    let ports = rig.node.dfl_card("0000:3b:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    let other = rig.node.opae_card("0000:86:00.0", 1, 1, Some(Fme { instance: 1, ports_num: 1 }), &[(1, 0)]).unwrap();
+    rig.node.unbind_port(&other[0]).unwrap();
+    let p = rig.plugin(&[]);
+    rig.wait_list(&[("0000:3b:00.0", "Healthy"), ("0000:86:00.0", "Unhealthy")]);
+    rig.node.unbind_port(&ports[0]).unwrap();
+    rig.wait_list(&[("0000:3b:00.0", "Unhealthy"), ("0000:86:00.0", "Unhealthy")]);
+    let log = p.log();
+    assert!(log.contains("device 0000:3b:00.0 is now Unhealthy: no driver is bound to"), "{log}");
+    assert!(log.contains("its device node cannot be opened"), "{log}");
+    rig.node.bind_port(&ports[0], 0).unwrap();
+    rig.node.bind_port(&other[0], 0).unwrap();
+    rig.wait_list(&[("0000:3b:00.0", "Healthy"), ("0000:86:00.0", "Healthy")]);
+}

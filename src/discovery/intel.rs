@@ -373,7 +373,8 @@ fn numa_node(function_dir: &Path, cache: &mut Cache, problems: &mut Vec<String>)
 }
 
 /// A port's `afu_id`: its canonical ID (None when blank or unreadable), and what it says about the port's
-/// health (None: nothing against it).
+/// health (None: nothing against it). Missing, with no `driver` link beside it: the port driver is unbound,
+/// and the port Unhealthy.
 fn port_afu(port: &Path, read: impl FnOnce(&Path) -> io::Result<String>) -> (Option<String>, Option<Health>) {
     let afu = port.join("afu_id");
     match read(&afu) {
@@ -387,7 +388,19 @@ fn port_afu(port: &Path, read: impl FnOnce(&Path) -> io::Result<String>) -> (Opt
             }
         },
 
-        Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
+        // The port driver makes `afu_id`, `errors/` and `id`, and the character device behind the node; the
+        // node itself (devtmpfs, from the port's `dev`) stays when the driver is unbound, and then cannot be
+        // opened. Only a missing `afu_id` costs a look at the `driver` link.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::symlink_metadata(port.join("driver")) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (
+                None,
+                Some(Health::Unhealthy(format!(
+                    "no driver is bound to {}: its device node cannot be opened",
+                    port.display()
+                ))),
+            ),
+            _ => (None, None),
+        },
         Err(e) if sysfs::is_transient(&e) => (None, Some(Health::Unknown(format!("reading {}: {e}", afu.display())))),
         Err(e) => (None, Some(Health::Unhealthy(format!("cannot read {}: {e}", afu.display())))),
     }

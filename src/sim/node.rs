@@ -182,15 +182,36 @@ impl SimNode {
     /// Port `name` (instance K, the minor of its device node, as the drivers number them) with `id`.
     fn port(&self, container: &Path, name: &str, k: u32, id: u32) -> io::Result<PathBuf> {
         let dir = container.join(name);
-        fs::create_dir_all(dir.join("errors"))?;
+        write(&dir.join("dev"), &format!("{}:{}\n", 510, k))?;
+        self.bind_port(&dir, id)?;
+        self.device_node(name, 510, k)?;
+        Ok(dir)
+    }
+
+    /// The port driver bound to the port at `dir` (`dfl-afu` for a `dfl-port.K`, else `intel-fpga-port`):
+    /// its `driver` link and the attributes it makes (`id`, `afu_id`, `power_state`, `errors/`).
+    pub fn bind_port(&self, dir: &Path, id: u32) -> io::Result<()> {
+        let dfl = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dfl-port."));
+        let driver = match dfl {
+            true => self.sysfs().join("bus/dfl/drivers/dfl-afu"),
+            false => self.sysfs().join("bus/platform/drivers/intel-fpga-port"),
+        };
+        fs::create_dir_all(&driver)?;
+        symlink_rel(&driver, &dir.join("driver"))?;
         write(&dir.join("id"), &format!("{id}\n"))?;
         write(&dir.join("afu_id"), &format!("{AFU_ID}\n"))?;
         write(&dir.join("power_state"), "0\n")?;
-        write(&dir.join("dev"), &format!("{}:{}\n", 510, k))?;
         write(&dir.join("errors/errors"), "0x0\n")?;
-        write(&dir.join("errors/first_error"), "0x0\n")?;
-        self.device_node(name, 510, k)?;
-        Ok(dir)
+        write(&dir.join("errors/first_error"), "0x0\n")
+    }
+
+    /// The port driver unbound from the port at `dir`: what `bind_port` made is gone; the directory, its
+    /// `dev` and the device node stay (the node is devtmpfs's, from the device number).
+    pub fn unbind_port(&self, dir: &Path) -> io::Result<()> {
+        for attr in ["driver", "id", "afu_id", "power_state"] {
+            fs::remove_file(dir.join(attr))?;
+        }
+        fs::remove_dir_all(dir.join("errors"))
     }
 
     /// Loads another accelerator function in a port: rewrites its `afu_id` (32 hex digits, or all `f`).
