@@ -124,13 +124,17 @@ impl api::DevicePlugin for Service {
     }
 
     fn allocate(&mut self, ctx: RpcContext, req: api::AllocateRequest, sink: UnarySink<api::AllocateResponse>) {
-        // With CDI, the runtime resolves the names from the spec file: naming devices it does not describe
-        // would fail the container later, with a less clear error.
-        if let Some(Err(why)) = self.cdi.as_ref().map(|spec| spec.ready()) {
-            return reply_status(&ctx, sink, Err((RpcStatusCode::UNAVAILABLE, why)), "Allocate");
-        }
         let snapshot = registry::read(&self.registry).snapshot();
         let result = allocation::allocate(&snapshot, &req, self.cdi.is_some().then_some(&*self.resource));
+        // A request that names unknown or Unhealthy devices is refused as such first. Then, with CDI: the
+        // runtime resolves the names from the spec file, and naming devices it does not describe would fail
+        // the container later, with a less clear error. (The spec is written before each list is
+        // published, so it covers the snapshot read above.)
+        if result.is_ok() {
+            if let Some(Err(why)) = self.cdi.as_ref().map(|spec| spec.ready()) {
+                return reply_status(&ctx, sink, Err((RpcStatusCode::UNAVAILABLE, why)), "Allocate");
+            }
+        }
         if result.is_ok() {
             for c in &req.container_requests {
                 log::info!("Allocate: container gets {} {}", self.resource, c.devices_ids.join(","));

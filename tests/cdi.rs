@@ -376,6 +376,11 @@ fn allocate_waits_for_a_spec_that_can_be_written_and_a_spec_tampered_with_is_rew
         other => panic!("Allocate without a spec: {other:?}"),
     }
     assert!(p.log().contains("cannot write the CDI spec of b-com.com/accelerator"), "{}", p.log());
+    // A device that does not exist is refused as such, spec or no spec.
+    match allocate_one(&rig, "0000:99:00.0") {
+        Err(grpcio::Error::RpcFailure(s)) => assert_eq!(s.code(), grpcio::RpcStatusCode::INVALID_ARGUMENT, "{s:?}"),
+        other => panic!("Allocate of an unknown device: {other:?}"),
+    }
     // It heals at the next scan.
     std::fs::create_dir(&missing).unwrap();
     p.signal(libc::SIGHUP);
