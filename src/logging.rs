@@ -1,15 +1,21 @@
 //! Log lines go to stderr, and also to `--log-file` when one is given.
 
 use log::LevelFilter;
-use simplelog::{CombinedLogger, ConfigBuilder, SharedLogger, WriteLogger};
+use simplelog::{format_description, CombinedLogger, ConfigBuilder, SharedLogger, WriteLogger};
 use std::io::LineWriter;
 use std::path::Path;
 
 /// Sets up logging. A log file that cannot be opened is reported on stderr and otherwise ignored: the
 /// plugin must not stop advertising devices because of a logging problem.
+///
+/// Each line starts with its time in UTC, RFC 3339 with microseconds, always 27 characters
+/// (`2026-12-07T15:14:15.491271Z`), so that lines sort as text; then the level in brackets.
 pub fn init(level: LevelFilter, file: Option<&Path>) {
     let config = ConfigBuilder::new()
-        .set_time_format_rfc3339()
+        // simplelog's offset is UTC unless set otherwise: the `Z` is true.
+        .set_time_format_custom(format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        ))
         .set_target_level(LevelFilter::Off)
         .set_thread_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)

@@ -165,6 +165,14 @@ fn an_unwritable_log_file_is_a_warning_and_a_writable_one_gets_the_log() {
         .unwrap_or_default()
         .contains("registered b-com.com/accelerator")));
     drop(p);
+    // Every line starts with a UTC time of one width (microseconds), so that lines sort as text.
+    let text = std::fs::read_to_string(&file).unwrap();
+    for line in text.lines() {
+        let (time, rest) = line.split_at(line.find(' ').unwrap_or(0));
+        let shape: String = time.chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect();
+        assert_eq!(shape, "9999-99-99T99:99:99.999999Z", "{line}");
+        assert!(["INFO", "WARN", "DEBUG"].iter().any(|l| rest.starts_with(&format!(" [{l}] "))), "{line}");
+    }
 }
 
 #[test]
