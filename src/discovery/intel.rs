@@ -237,8 +237,13 @@ pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
                 match cache.read_fixed(&port.dir, "id", is_small_uint).ok().and_then(|s| sysfs::parse_small_uint(&s)) {
                     Some(n) => format!("{address}-{n}"),
                     None => {
+                        // The port driver makes `id`: without one bound, say so rather than "unreadable".
+                        let why = match std::fs::symlink_metadata(port.dir.join("driver")) {
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => "no driver is bound to it",
+                            _ => "its `id` is unreadable",
+                        };
                         scan.problems.push(format!(
-                            "skipping {}: its function {address} hosts several ports and its `id` is unreadable",
+                            "skipping {}: its function {address} hosts several ports and {why}",
                             port.dir.display()
                         ));
                         scan.retry = true;
