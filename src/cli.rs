@@ -403,6 +403,10 @@ mod tests {
         assert_eq!(o.scan_interval, Duration::from_millis(200));
         assert_eq!(o.backend, Some(BackendChoice::Aws));
         assert_eq!(run(&["-backend", "aws-fpga"]).unwrap().backend, Some(BackendChoice::AwsFpga));
+        // Given twice: the last value.
+        let o =
+            run(&["--log-level", "warn", "-log-level=debug", "--scan-interval", "1m", "--scan-interval=2s"]).unwrap();
+        assert_eq!((o.log_level, o.scan_interval), (LevelFilter::Debug, Duration::from_secs(2)));
         assert_eq!(run(&[]).unwrap(), Options::default());
         assert_eq!(parse(["-help".into()]), Ok(Command::Help));
         assert_eq!(run(&["--log-file", "-"]).unwrap().log_file, None);
