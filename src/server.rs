@@ -124,16 +124,18 @@ impl api::DevicePlugin for Service {
     }
 
     fn allocate(&mut self, ctx: RpcContext, req: api::AllocateRequest, sink: UnarySink<api::AllocateResponse>) {
-        let snapshot = registry::read(&self.registry).snapshot();
-        let result = allocation::allocate(&snapshot, &req, self.cdi.is_some().then_some(&*self.resource));
-        // A request that names unknown or Unhealthy devices is refused as such first. Then, with CDI: the
-        // runtime resolves the names from the spec file, and naming devices it does not describe would fail
-        // the container later, with a less clear error. (The spec is written before each list is
-        // published, so it covers the snapshot read above.)
-        if result.is_ok() {
-            if let Some(Err(why)) = self.cdi.as_ref().map(|spec| spec.ready()) {
+        let cdi_kind = self.cdi.is_some().then_some(&*self.resource);
+        let mut result = allocation::allocate(&registry::read(&self.registry).snapshot(), &req, cdi_kind);
+        // With CDI the runtime resolves the names from the spec file, and naming devices it does not
+        // describe would fail the container later, with a less clear error. A request that names unknown or
+        // Unhealthy devices is refused as such first; then the spec is checked, and the answer built again
+        // from the list as it is after that check: the spec is written before each list is published, so
+        // it describes that list.
+        if let (Ok(_), Some(spec)) = (&result, &self.cdi) {
+            if let Err(why) = spec.ready() {
                 return reply_status(&ctx, sink, Err((RpcStatusCode::UNAVAILABLE, why)), "Allocate");
             }
+            result = allocation::allocate(&registry::read(&self.registry).snapshot(), &req, cdi_kind);
         }
         if result.is_ok() {
             for c in &req.container_requests {

@@ -216,6 +216,7 @@ fn a_cdi_directory_that_cannot_be_written_does_not_fail_allocates_that_name_no_c
     let resp = rig.client().allocate(&common::allocate_request(&[&["1"]])).expect("Allocate of a unit");
     assert_eq!(resp.container_responses[0].envs["ACCELERATOR_UNITS"], "1");
     assert!(!p.log().contains("cannot write the CDI spec"), "{}", p.log());
+    assert!(!p.log().contains("cannot remove the CDI spec"), "{}", p.log());
 }
 
 #[test]

@@ -188,14 +188,12 @@ impl SimNode {
         Ok(dir)
     }
 
-    /// The port driver bound to the port at `dir` (`dfl-afu` for a `dfl-port.K`, else `intel-fpga-port`):
-    /// its `driver` link and the attributes it makes (`id`, `afu_id`, `power_state`, `errors/`).
+    /// The port driver bound to the port at `dir`: its `driver` link and the attributes it makes (`id`,
+    /// `afu_id`, `power_state`, `errors/`). Both kinds of port are platform devices; the upstream driver (the
+    /// dfl-afu module) registers as `dfl-port`, the OPAE one as `intel-fpga-port`.
     pub fn bind_port(&self, dir: &Path, id: u32) -> io::Result<()> {
         let dfl = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dfl-port."));
-        let driver = match dfl {
-            true => self.sysfs().join("bus/dfl/drivers/dfl-afu"),
-            false => self.sysfs().join("bus/platform/drivers/intel-fpga-port"),
-        };
+        let driver = self.sysfs().join("bus/platform/drivers").join(if dfl { "dfl-port" } else { "intel-fpga-port" });
         fs::create_dir_all(&driver)?;
         symlink_rel(&driver, &dir.join("driver"))?;
         write(&dir.join("id"), &format!("{id}\n"))?;
