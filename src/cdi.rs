@@ -67,11 +67,18 @@ pub fn is_cdi_device(d: &crate::device::Device) -> bool {
     !d.nodes.is_empty() || d.pci_address.is_some()
 }
 
+/// A spec document, and the IDs of the devices it describes (its entries' names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub text: String,
+    pub ids: std::collections::BTreeSet<String>,
+}
+
 /// The spec document for `resource` and its devices; None when none is a CDI device. Each entry gives the
 /// device's nodes and, for an AWS slot, the environment variable `ACCELERATOR_PCI_ADDRESS_<ID>` (its
 /// application PF's address; CDI refuses an entry with no edit).
 #[cfg(feature = "grpc")]
-pub fn spec(resource: &str, devices: &[crate::device::Device]) -> Option<String> {
+pub fn spec(resource: &str, devices: &[crate::device::Device]) -> Option<Spec> {
     let entries: Vec<serde_json::Value> = devices
         .iter()
         .filter(|d| is_cdi_device(d))
@@ -94,10 +101,9 @@ pub fn spec(resource: &str, devices: &[crate::device::Device]) -> Option<String>
     }
     let doc = serde_json::json!({"cdiVersion": version(resource), "kind": resource, "devices": entries});
     // Serialising a Value whose keys are all strings cannot fail.
-    serde_json::to_string_pretty(&doc).ok().map(|mut s| {
-        s.push('\n');
-        s
-    })
+    let mut text = serde_json::to_string_pretty(&doc).ok()?;
+    text.push('\n');
+    Some(Spec { text, ids: devices.iter().filter(|d| is_cdi_device(d)).map(|d| d.id.clone()).collect() })
 }
 
 /// The spec file of a resource: the socket's name with `.json` for `.sock` (unique per resource, fits).
@@ -196,9 +202,9 @@ struct State {
     /// Whether this process owns the resource's socket: only then is the file written.
     owned: bool,
     /// The spec the devices call for; None: no device has a node, so no file. Unset before the first scan.
-    wanted: Option<Option<String>>,
+    wanted: Option<Option<Spec>>,
     /// What the file holds, as we last wrote (or removed) it, and its identity then (None: absent).
-    written: Option<(Option<String>, Option<FileId>)>,
+    written: Option<(Option<Spec>, Option<FileId>)>,
     /// Why the last write failed, until one succeeds (each new reason is logged once).
     error: Option<String>,
 }
@@ -235,7 +241,7 @@ impl SpecFile {
     /// The file must hold `spec` (None: be absent), as the devices call for at every scan. Written at once if
     /// ours and if the file is not that already: also when it was removed or changed by another process, or
     /// when the last write failed.
-    pub fn set(&self, spec: Option<String>) {
+    pub fn set(&self, spec: Option<Spec>) {
         self.synced(|state| state.wanted = Some(spec), |_| ());
     }
 
@@ -262,19 +268,26 @@ impl SpecFile {
         state.owned && (state.error.is_some() || state.written.as_ref().map(|(w, _)| w) != state.wanted.as_ref())
     }
 
-    /// Ok when the file describes the devices as they are advertised; Err says why not (for Allocate's
-    /// UNAVAILABLE status). One `stat`: a file removed or changed on disk since it was written is written
-    /// again first (the runtime reads the file, not our memory of it).
-    pub fn ready(&self) -> Result<(), String> {
+    /// Ok when the file describes every device of `ids` (the CDI devices an Allocate names), as it is on
+    /// disk; Err says why not (for Allocate's UNAVAILABLE status). One `stat`: a file removed or changed on
+    /// disk since it was written is written again first (the runtime reads the file, not our memory of
+    /// it). No ID: Ok, whatever the file (nothing in it is read for them).
+    pub fn ready_for<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> Result<(), String> {
+        let path = self.path.display();
         self.synced(
             |_| (),
-            |state| match (&state.wanted, &state.written, &state.error) {
-                (Some(wanted), Some((written, _)), None) if wanted == written => Ok(()),
-                // No device of the resource has a node: the Allocate names no CDI device, and a file
-                // left that could not be removed is never read for it.
-                (Some(None), _, _) => Ok(()),
-                (_, _, Some(e)) => Err(format!("the CDI spec {} cannot be written: {e}", self.path.display())),
-                _ => Err(format!("the CDI spec {} is not written yet", self.path.display())),
+            |state| {
+                let Some(id) = ids.next() else { return Ok(()) };
+                match (&state.written, &state.error) {
+                    (_, Some(e)) => Err(format!("the CDI spec {path} cannot be written: {e}")),
+                    (Some((Some(spec), _)), None) => {
+                        match std::iter::once(id).chain(ids).find(|id| !spec.ids.contains(*id)) {
+                            Some(id) => Err(format!("the CDI spec {path} does not describe device {id} yet")),
+                            None => Ok(()),
+                        }
+                    }
+                    _ => Err(format!("the CDI spec {path} is not written yet")),
+                }
             },
         )
     }
@@ -320,7 +333,7 @@ impl SpecFile {
         let tampered = matches!(&state.written, Some((written, id)) if *written == wanted && *id != on_disk);
         let (dir, name) = (&self.dir, &self.name);
         let result = match &wanted {
-            Some(text) => write_atomically(dir, name, text).map(|()| Some("wrote")),
+            Some(spec) => write_atomically(dir, name, &spec.text).map(|()| Some("wrote")),
             None => remove(dir, name).map(|removed| removed.then_some("removed")),
         };
         match result {
@@ -388,12 +401,14 @@ mod tests {
 
     #[test]
     fn one_device_per_node_and_none_without() {
-        let text = spec("b-com.com/accelerator", &[dev("0000:5e:00.0", Some("dfl-port.0")), dev("7", None)]).unwrap();
+        let one = spec("b-com.com/accelerator", &[dev("0000:5e:00.0", Some("dfl-port.0")), dev("7", None)]).unwrap();
+        assert_eq!(one.ids.iter().collect::<Vec<_>>(), ["0000:5e:00.0"]);
+        let text = one.text;
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(doc["cdiVersion"], "0.5.0");
         assert_eq!(doc["kind"], "b-com.com/accelerator");
         let dotted: serde_json::Value =
-            serde_json::from_str(&spec("e.com/fpga.afu", &[dev("0", Some("dfl-port.0"))]).unwrap()).unwrap();
+            serde_json::from_str(&spec("e.com/fpga.afu", &[dev("0", Some("dfl-port.0"))]).unwrap().text).unwrap();
         assert_eq!(dotted["cdiVersion"], "0.6.0", "a dot in the class needs 0.6.0");
         assert_eq!(doc["devices"].as_array().unwrap().len(), 1);
         assert_eq!(doc["devices"][0]["name"], "0000:5e:00.0");
@@ -404,6 +419,35 @@ mod tests {
         );
         assert_eq!(spec("b-com.com/accelerator", &[dev("0", None)]), None);
         assert_eq!(file_name("k8s-accel-b-com.com_accelerator.sock"), "k8s-accel-b-com.com_accelerator.json");
+    }
+
+    #[test]
+    fn an_allocate_is_ready_only_for_devices_the_file_on_disk_describes() {
+        let dir = crate::sim::TempDir::new("cdi").unwrap();
+        let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&failures);
+        let file = SpecFile::new(dir.path(), "k8s-accel-e.com_fpga.sock", "e.com/fpga", move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let ready = |ids: &[&str]| file.ready_for(ids.iter().copied());
+        file.set(spec("e.com/fpga", &[dev("0", Some("dfl-port.0")), dev("1", Some("dfl-port.1"))]));
+        assert!(ready(&["0"]).unwrap_err().contains("not written yet"), "not ours yet: nothing written");
+        file.own();
+        assert_eq!(ready(&["0", "1"]), Ok(()));
+        // Port 1 leaves the resource: the file no longer describes it, though a list read before may.
+        file.set(spec("e.com/fpga", &[dev("0", Some("dfl-port.0"))]));
+        assert!(ready(&["0", "1"]).unwrap_err().contains("does not describe device 1"));
+        assert_eq!(ready(&["0"]), Ok(()));
+        // Nothing named: nothing in the file is read.
+        assert_eq!(ready(&[]), Ok(()));
+        // The directory gone: the write fails, once reported to the daemon, and the Allocate waits.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path(), "").unwrap();
+        assert!(ready(&["0"]).unwrap_err().contains("cannot be written"));
+        assert!(ready(&["0"]).is_err());
+        assert_eq!(failures.load(std::sync::atomic::Ordering::SeqCst), 1, "one new reason, one wake-up");
+        assert_eq!(ready(&[]), Ok(()));
+        std::fs::remove_file(dir.path()).unwrap();
     }
 
     #[test]

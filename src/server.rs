@@ -124,18 +124,18 @@ impl api::DevicePlugin for Service {
     }
 
     fn allocate(&mut self, ctx: RpcContext, req: api::AllocateRequest, sink: UnarySink<api::AllocateResponse>) {
-        let cdi_kind = self.cdi.is_some().then_some(&*self.resource);
-        let mut result = allocation::allocate(&registry::read(&self.registry).snapshot(), &req, cdi_kind);
-        // With CDI the runtime resolves the names from the spec file, and naming devices it does not
+        let snapshot = registry::read(&self.registry).snapshot();
+        let result = allocation::allocate(&snapshot, &req, self.cdi.is_some().then_some(&*self.resource));
+        // With CDI the runtime resolves the names from the spec file, and naming a device it does not
         // describe would fail the container later, with a less clear error. A request that names unknown or
-        // Unhealthy devices is refused as such first; then the spec is checked, and the answer built again
-        // from the list as it is after that check: the spec is written before each list is published, so
-        // it describes that list.
-        if let (Ok(_), Some(spec)) = (&result, &self.cdi) {
-            if let Err(why) = spec.ready() {
+        // Unhealthy devices is refused as such first; then the spec file must describe every CDI device
+        // the answer names (`<resource>=<ID>`).
+        if let (Ok(resp), Some(spec)) = (&result, &self.cdi) {
+            let prefix = format!("{}=", self.resource);
+            let names = resp.container_responses.iter().flat_map(|c| &c.cdi_devices);
+            if let Err(why) = spec.ready_for(names.filter_map(|d| d.name.strip_prefix(prefix.as_str()))) {
                 return reply_status(&ctx, sink, Err((RpcStatusCode::UNAVAILABLE, why)), "Allocate");
             }
-            result = allocation::allocate(&registry::read(&self.registry).snapshot(), &req, cdi_kind);
         }
         if result.is_ok() {
             for c in &req.container_requests {
