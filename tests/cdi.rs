@@ -14,6 +14,11 @@ use std::time::Duration;
 
 const SPEC: &str = "k8s-accel-b-com.com_accelerator.json";
 
+/// The node most tests here use: one OPAE card at 0000:5e:00.0 with one port (ID `0000:5e:00.0`).
+fn one_port_card(rig: &Rig) {
+    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+}
+
 /// The official CDI schema and its examples: `K8S_ACCEL_CDI_SCHEMA`, or `shared/reference/cdi-schema` beside
 /// the repository (where CI has it).
 fn schema_dir() -> Option<PathBuf> {
@@ -74,7 +79,7 @@ fn the_validator_tells_good_from_bad_and_our_specs_are_good() {
     let (good, bad) = (list(&good), list(&bad));
     assert!(!good.is_empty() && !bad.is_empty());
     let rig = Rig::new();
-    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    one_port_card(&rig);
     let cdi = TempDir::new("cdi").unwrap();
     let _p = rig.plugin(&["--cdi-spec-dir", cdi.path().to_str().unwrap()]);
     rig.wait_list(&[("0000:5e:00.0", "Healthy")]);
@@ -141,7 +146,7 @@ fn an_aws_slot_is_a_cdi_device_with_every_node_of_its_driver() {
 #[test]
 fn the_spec_follows_the_devices_and_allocate_answers_with_cdi_devices() {
     let rig = Rig::new();
-    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    one_port_card(&rig);
     let cdi = TempDir::new("cdi").unwrap();
     // Another vendor's spec, which must never be touched.
     std::fs::write(cdi.path().join("vendor.com-gpu.json"), "{\"theirs\": true}\n").unwrap();
@@ -232,7 +237,7 @@ fn a_resource_name_that_is_no_cdi_kind_exits_2() {
 #[test]
 fn stale_specs_are_removed_once_no_instance_serves_them() {
     let rig = Rig::new();
-    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    one_port_card(&rig);
     let cdi = TempDir::new("cdi").unwrap();
     // An earlier configuration's resource, a temporary file left by a crash, a spec of a resource that a
     // running instance still serves (its lock held), and another vendor's files.
@@ -318,7 +323,7 @@ fn cdi_names(rig: &Rig, ids: &[&str]) -> Vec<String> {
 fn podman_injects_the_nodes_that_allocate_names() {
     let Some(image) = podman_image() else { return };
     let rig = Rig::on(SimNode::with_char_devices().expect("mknod needs root"));
-    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    one_port_card(&rig);
     let cdi = TempDir::new("cdi").unwrap();
     let p = rig.plugin(&["--cdi-spec-dir", cdi.path().to_str().unwrap()]);
     // Healthy: the character device's number matches the port's (510:0).
@@ -362,7 +367,7 @@ fn allocate_one(rig: &Rig, id: &str) -> Result<api::AllocateResponse, grpcio::Er
 #[test]
 fn allocate_waits_for_a_spec_that_can_be_written_and_a_spec_tampered_with_is_rewritten() {
     let rig = Rig::new();
-    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    one_port_card(&rig);
     let cdi = TempDir::new("cdi").unwrap();
     let missing = cdi.path().join("not-yet");
     // Full discoveries every 2 s: the check that repairs a spec comes with them when nothing is pending.
@@ -426,7 +431,7 @@ fn a_spec_write_that_fails_in_an_allocate_is_retried_soon_even_when_the_plugin_i
     // its idle check, a minute later. A write that fails in an Allocate (a server thread) must wake it so
     // that the write is retried within seconds, not at that check.
     let rig = Rig::new();
-    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    one_port_card(&rig);
     let parent = TempDir::new("cdi").unwrap();
     let cdi = parent.path().join("cdi");
     std::fs::create_dir(&cdi).unwrap();
@@ -456,7 +461,7 @@ fn a_spec_write_that_fails_in_an_allocate_is_retried_soon_even_when_the_plugin_i
 #[test]
 fn a_waiting_instance_leaves_the_serving_ones_spec_alone() {
     let rig = Rig::new();
-    rig.node.opae_card("0000:5e:00.0", 0, 0, Some(Fme { instance: 0, ports_num: 1 }), &[(0, 0)]).unwrap();
+    one_port_card(&rig);
     let cdi = TempDir::new("cdi").unwrap();
     let dir = cdi.path().to_str().unwrap();
     let mut first = rig.plugin(&["--cdi-spec-dir", dir]);
