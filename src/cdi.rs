@@ -67,11 +67,11 @@ pub fn is_cdi_device(d: &crate::device::Device) -> bool {
     !d.nodes.is_empty() || d.pci_address.is_some()
 }
 
-/// A spec document, and the IDs of the devices it describes (its entries' names).
+/// A spec document, and the CDI names (`device_name`) of the devices it describes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
     pub text: String,
-    pub ids: std::collections::BTreeSet<String>,
+    pub names: std::collections::BTreeSet<String>,
 }
 
 /// The spec document for `resource` and its devices; None when none is a CDI device. Each entry gives the
@@ -103,7 +103,8 @@ pub fn spec(resource: &str, devices: &[crate::device::Device]) -> Option<Spec> {
     // Serialising a Value whose keys are all strings cannot fail.
     let mut text = serde_json::to_string_pretty(&doc).ok()?;
     text.push('\n');
-    Some(Spec { text, ids: devices.iter().filter(|d| is_cdi_device(d)).map(|d| d.id.clone()).collect() })
+    let names = devices.iter().filter(|d| is_cdi_device(d)).map(|d| device_name(resource, &d.id)).collect();
+    Some(Spec { text, names })
 }
 
 /// The spec file of a resource: the socket's name with `.json` for `.sock` (unique per resource, fits).
@@ -268,26 +269,24 @@ impl SpecFile {
         state.owned && (state.error.is_some() || state.written.as_ref().map(|(w, _)| w) != state.wanted.as_ref())
     }
 
-    /// Ok when the file describes every device of `ids` (the CDI devices an Allocate names), as it is on
-    /// disk; Err says why not (for Allocate's UNAVAILABLE status). One `stat`: a file removed or changed on
-    /// disk since it was written is written again first (the runtime reads the file, not our memory of
-    /// it). No ID: Ok, whatever the file (nothing in it is read for them).
-    pub fn ready_for<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    /// Ok when the file describes every CDI device of `names` (those an Allocate names, `<kind>=<ID>`), as
+    /// it is on disk; Err says why not (for Allocate's UNAVAILABLE status). One `stat`: a file removed or
+    /// changed on disk since it was written is written again first (the runtime reads the file, not our
+    /// memory of it). No name: Ok at once, whatever the file (nothing in it is read for them).
+    pub fn ready_for(&self, names: &[&str]) -> Result<(), String> {
+        if names.is_empty() {
+            return Ok(());
+        }
         let path = self.path.display();
         self.synced(
             |_| (),
-            |state| {
-                let Some(id) = ids.next() else { return Ok(()) };
-                match (&state.written, &state.error) {
-                    (_, Some(e)) => Err(format!("the CDI spec {path} cannot be written: {e}")),
-                    (Some((Some(spec), _)), None) => {
-                        match std::iter::once(id).chain(ids).find(|id| !spec.ids.contains(*id)) {
-                            Some(id) => Err(format!("the CDI spec {path} does not describe device {id} yet")),
-                            None => Ok(()),
-                        }
-                    }
-                    _ => Err(format!("the CDI spec {path} is not written yet")),
-                }
+            |state| match (&state.written, &state.error) {
+                (_, Some(e)) => Err(format!("the CDI spec {path} cannot be written: {e}")),
+                (Some((Some(spec), _)), None) => match names.iter().find(|name| !spec.names.contains(**name)) {
+                    Some(name) => Err(format!("the CDI spec {path} does not describe {name} yet")),
+                    None => Ok(()),
+                },
+                _ => Err(format!("the CDI spec {path} is not written yet")),
             },
         )
     }
@@ -402,7 +401,7 @@ mod tests {
     #[test]
     fn one_device_per_node_and_none_without() {
         let one = spec("b-com.com/accelerator", &[dev("0000:5e:00.0", Some("dfl-port.0")), dev("7", None)]).unwrap();
-        assert_eq!(one.ids.iter().collect::<Vec<_>>(), ["0000:5e:00.0"]);
+        assert_eq!(one.names.iter().collect::<Vec<_>>(), ["b-com.com/accelerator=0000:5e:00.0"]);
         let text = one.text;
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(doc["cdiVersion"], "0.5.0");
@@ -429,22 +428,23 @@ mod tests {
         let file = SpecFile::new(dir.path(), "k8s-accel-e.com_fpga.sock", "e.com/fpga", move || {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         });
-        let ready = |ids: &[&str]| file.ready_for(ids.iter().copied());
+        let ready = |names: &[&str]| file.ready_for(names);
+        let (zero, one) = ("e.com/fpga=0", "e.com/fpga=1");
         file.set(spec("e.com/fpga", &[dev("0", Some("dfl-port.0")), dev("1", Some("dfl-port.1"))]));
-        assert!(ready(&["0"]).unwrap_err().contains("not written yet"), "not ours yet: nothing written");
+        assert!(ready(&[zero]).unwrap_err().contains("not written yet"), "not ours yet: nothing written");
         file.own();
-        assert_eq!(ready(&["0", "1"]), Ok(()));
+        assert_eq!(ready(&[zero, one]), Ok(()));
         // Port 1 leaves the resource: the file no longer describes it, though a list read before may.
         file.set(spec("e.com/fpga", &[dev("0", Some("dfl-port.0"))]));
-        assert!(ready(&["0", "1"]).unwrap_err().contains("does not describe device 1"));
-        assert_eq!(ready(&["0"]), Ok(()));
+        assert!(ready(&[zero, one]).unwrap_err().contains("does not describe e.com/fpga=1"));
+        assert_eq!(ready(&[zero]), Ok(()));
         // Nothing named: nothing in the file is read.
         assert_eq!(ready(&[]), Ok(()));
         // The directory gone: the write fails, once reported to the daemon, and the Allocate waits.
         std::fs::remove_dir_all(dir.path()).unwrap();
         std::fs::write(dir.path(), "").unwrap();
-        assert!(ready(&["0"]).unwrap_err().contains("cannot be written"));
-        assert!(ready(&["0"]).is_err());
+        assert!(ready(&[zero]).unwrap_err().contains("cannot be written"));
+        assert!(ready(&[zero]).is_err());
         assert_eq!(failures.load(std::sync::atomic::Ordering::SeqCst), 1, "one new reason, one wake-up");
         assert_eq!(ready(&[]), Ok(()));
         std::fs::remove_file(dir.path()).unwrap();

@@ -129,11 +129,11 @@ impl api::DevicePlugin for Service {
         // With CDI the runtime resolves the names from the spec file, and naming a device it does not
         // describe would fail the container later, with a less clear error. A request that names unknown or
         // Unhealthy devices is refused as such first; then the spec file must describe every CDI device
-        // the answer names (`<resource>=<ID>`).
+        // the answer names.
         if let (Ok(resp), Some(spec)) = (&result, &self.cdi) {
-            let prefix = format!("{}=", self.resource);
-            let names = resp.container_responses.iter().flat_map(|c| &c.cdi_devices);
-            if let Err(why) = spec.ready_for(names.filter_map(|d| d.name.strip_prefix(prefix.as_str()))) {
+            let names: Vec<&str> =
+                resp.container_responses.iter().flat_map(|c| &c.cdi_devices).map(|d| d.name.as_str()).collect();
+            if let Err(why) = spec.ready_for(&names) {
                 return reply_status(&ctx, sink, Err((RpcStatusCode::UNAVAILABLE, why)), "Allocate");
             }
         }
