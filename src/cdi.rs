@@ -79,10 +79,12 @@ pub struct Spec {
 /// application PF's address; CDI refuses an entry with no edit).
 #[cfg(feature = "grpc")]
 pub fn spec(resource: &str, devices: &[crate::device::Device]) -> Option<Spec> {
+    let mut names = std::collections::BTreeSet::new();
     let entries: Vec<serde_json::Value> = devices
         .iter()
         .filter(|d| is_cdi_device(d))
         .map(|d| {
+            names.insert(device_name(resource, &d.id));
             let nodes: Vec<serde_json::Value> = (d.nodes.iter())
                 .map(|n| serde_json::json!({"path": n.container_path, "hostPath": n.host_path, "permissions": "rw"}))
                 .collect();
@@ -103,7 +105,6 @@ pub fn spec(resource: &str, devices: &[crate::device::Device]) -> Option<Spec> {
     // Serialising a Value whose keys are all strings cannot fail.
     let mut text = serde_json::to_string_pretty(&doc).ok()?;
     text.push('\n');
-    let names = devices.iter().filter(|d| is_cdi_device(d)).map(|d| device_name(resource, &d.id)).collect();
     Some(Spec { text, names })
 }
 

@@ -687,7 +687,7 @@ impl Scanner {
             self.write_cdi_spec(&resource, &devices);
             registry::publish(&registry, devices, |changes| {
                 // A NUMA node alone changes the list, not what is logged: still say it is sent.
-                if !changes.is_empty() || changes.visible {
+                if !changes.is_empty() {
                     let of = if single { String::new() } else { format!(" of {resource}") };
                     log_changes(changes, &moved, &of);
                     if changes.visible {

@@ -70,8 +70,11 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Nothing to log or send: a NUMA node alone changes the list the kubelet sees (`visible`), so that
+    /// counts too.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty()
+        !self.visible
+            && self.added.is_empty()
             && self.removed.is_empty()
             && self.health.is_empty()
             && self.reasons.is_empty()
