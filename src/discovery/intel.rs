@@ -238,9 +238,9 @@ pub fn scan_with(sys: &Path, dev: &Path, cache: &mut Cache) -> Scan {
                     Some(n) => format!("{address}-{n}"),
                     None => {
                         // The port driver makes `id`: without one bound, say so rather than "unreadable".
-                        let why = match std::fs::symlink_metadata(port.dir.join("driver")) {
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => "no driver is bound to it",
-                            _ => "its `id` is unreadable",
+                        let why = match sysfs::is_unbound(&port.dir) {
+                            true => "no driver is bound to it",
+                            false => "its `id` is unreadable",
                         };
                         scan.problems.push(format!(
                             "skipping {}: its function {address} hosts several ports and {why}",
@@ -396,16 +396,14 @@ fn port_afu(port: &Path, read: impl FnOnce(&Path) -> io::Result<String>) -> (Opt
         // The port driver makes `afu_id`, `errors/` and `id`, and the character device behind the node; the
         // node itself (devtmpfs, from the port's `dev`) stays when the driver is unbound, and then cannot be
         // opened. Only a missing `afu_id` costs a look at the `driver` link.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::symlink_metadata(port.join("driver")) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (
-                None,
-                Some(Health::Unhealthy(format!(
-                    "no driver is bound to {}: its device node cannot be opened",
-                    port.display()
-                ))),
-            ),
-            _ => (None, None),
-        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound && sysfs::is_unbound(port) => (
+            None,
+            Some(Health::Unhealthy(format!(
+                "no driver is bound to {}: its device node cannot be opened",
+                port.display()
+            ))),
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
         Err(e) if sysfs::is_transient(&e) => (None, Some(Health::Unknown(format!("reading {}: {e}", afu.display())))),
         Err(e) => (None, Some(Health::Unhealthy(format!("cannot read {}: {e}", afu.display())))),
     }

@@ -149,6 +149,12 @@ pub fn open_attr(path: &Path) -> io::Result<std::fs::File> {
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
+/// Whether the device at `dir` certainly has no driver bound: its `driver` link is not there (one `lstat`;
+/// any other error says nothing).
+pub fn is_unbound(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join("driver")).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+}
+
 /// Whether an open file is on sysfs (`fstatfs`: `SYSFS_MAGIC`, from `linux/magic.h`).
 pub fn is_on_sysfs(file: &std::fs::File) -> bool {
     use std::os::fd::AsRawFd;
